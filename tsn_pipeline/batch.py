@@ -1,0 +1,440 @@
+"""The batch runner every per-video stage uses (decode, flow, score, features).
+
+Reads a list of ``Task`` (one per video), writes one shard ``<out>/<kind>-<i>-of-<n>.h5``.
+
+How a shard is made, and why each step is there:
+
+1. A lock file (``.<shard>.lock``, ``flock``) makes a second process for the same shard refuse
+   at once instead of corrupting it; the kernel drops the lock when a process dies.
+2. Each finished video is written on its own as ``.<shard>.parts/<id>.h5`` (write ``.tmp``,
+   then rename), by the worker process that made it. A killed run loses at most the videos
+   in flight; a rerun lists the parts and does only what is missing.
+3. When every task is done, the parts are copied in sorted-id order into ``<shard>.tmp``,
+   which is flushed and renamed to ``<shard>``. The shard's bytes depend only on its content,
+   so an interrupted-and-resumed run gives the same file as an uninterrupted one.
+4. Failed videos (``VideoFailure`` or any exception of the stage's function) are recorded with
+   their reason in the shard's ``failed`` attribute and in ``<kind>-<i>-of-<n>.failures.json``.
+   Errors of the output itself (disk full, read-only folder) stop the run, name the path and
+   leave no ``.h5`` behind.
+
+The resolved config of the stage is stored in the shard and the parts folder: a rerun with
+different settings is refused rather than mixed (``--overwrite`` redoes the shard).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import traceback
+import urllib.parse
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+from . import store
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+
+
+class VideoFailure(Exception):
+    """A per-video error: the video is recorded as failed and the batch goes on."""
+
+
+class StageError(Exception):
+    """The stage cannot run or finish (output not writable, settings mismatch, lock held)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One video to process. ``source`` is what the stage reads (video path, shard path)."""
+
+    video_id: str
+    source: str
+    label: int = -1
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Summary:
+    stage: str
+    shard: str
+    shard_index: int
+    num_shards: int
+    status: str                 # "written" | "complete" (found complete, nothing to do)
+    videos: int = 0
+    ok: int = 0
+    failed: int = 0
+    resumed: int = 0            # videos found done by an earlier, interrupted run
+    items: int = 0              # frames / flow fields / snippets stored
+    seconds: float = 0.0
+    failures_file: Optional[str] = None
+    failures: List[Dict[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["failures"] = d["failures"][:20]
+        return d
+
+
+# -- shard assignment ---------------------------------------------------------------------
+def resolve_shard(shard_index: Optional[int], num_shards: Optional[int],
+                  env: Optional[Mapping[str, str]] = None) -> Tuple[int, int]:
+    """Explicit values win; else SLURM array variables; else shard 0 of 1.
+
+    SLURM numbers tasks from ``SLURM_ARRAY_TASK_MIN`` (often 0, sometimes 1), so the index is
+    ``SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN`` and the count ``SLURM_ARRAY_TASK_COUNT``.
+    """
+    env = os.environ if env is None else env
+    if shard_index is None and "SLURM_ARRAY_TASK_ID" in env:
+        shard_index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+    if num_shards is None and "SLURM_ARRAY_TASK_COUNT" in env:
+        num_shards = int(env["SLURM_ARRAY_TASK_COUNT"])
+    shard_index = 0 if shard_index is None else int(shard_index)
+    num_shards = 1 if num_shards is None else int(num_shards)
+    if num_shards < 1:
+        raise ValueError(f"number of shards must be >= 1, got {num_shards}")
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard index {shard_index} outside 0..{num_shards - 1}")
+    return shard_index, num_shards
+
+
+def assign_shard(video_ids: Sequence[str], index: int, count: int) -> List[str]:
+    """Videos of shard ``index`` of ``count``: round-robin over the sorted ids.
+
+    Deterministic and independent of list order, so frame shard i and flow shard i (and any
+    rerun) hold the same videos. Example: ids a..e, 2 shards -> [a, c, e] and [b, d].
+    """
+    return sorted(video_ids)[index::count]
+
+
+# -- small file helpers -------------------------------------------------------------------
+def _part_path(parts: Path, video_id: str) -> Path:
+    return parts / (urllib.parse.quote(video_id, safe="") + ".h5")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _write_h5(path: Path, fill: Callable[[Any], None]) -> None:
+    """Create ``path`` via ``path.tmp`` + rename; on any error the tmp file is removed."""
+    import h5py
+
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=False) as f:
+            fill(f)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+
+
+def write_part(parts: Path, record: store.VideoRecord) -> None:
+    _write_h5(_part_path(parts, record.video_id),
+              lambda f: store.write_record(f.create_group(store.VIDEOS), record))
+
+
+def _read_part(path: Path) -> store.VideoRecord:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        (vid,) = list(f[store.VIDEOS].keys())
+        return store.read_record(f[store.VIDEOS][vid])
+
+
+def _output_error(path: Path, exc: BaseException, what: str) -> StageError:
+    reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc)
+    return StageError(f"cannot {what} {path}: {reason}")
+
+
+# -- the worker side ----------------------------------------------------------------------
+def _count_items(record: store.VideoRecord) -> int:
+    for key in ("num_frames", "num_flows", "num_snippets"):
+        if key in record.attrs:
+            return int(record.attrs[key])
+    return 0
+
+
+def _run_one(process: Callable[[Task], store.VideoRecord], task: Task, parts: str):
+    """Run in a worker: process one task and store its part. Returns a small status tuple."""
+    try:
+        record = process(task)
+        if record.video_id != task.video_id:
+            raise RuntimeError(f"stage returned record {record.video_id!r} for task {task.video_id!r}")
+    except VideoFailure as exc:
+        return ("failed", task.video_id, str(exc))
+    except Exception as exc:  # a bug or an unexpected library error: record it, go on
+        log.debug("video %s: %s", task.video_id, traceback.format_exc())
+        return ("failed", task.video_id, f"{type(exc).__name__}: {exc}")
+    return _store_part(parts, record)
+
+
+def _store_part(parts: str, record: store.VideoRecord):
+    try:
+        write_part(Path(parts), record)
+    except OSError as exc:
+        return ("fatal", record.video_id, str(_output_error(Path(parts), exc, "write to")))
+    return ("ok", record.video_id, _count_items(record))
+
+
+def _iter_results(tasks: List[Task], process, batch_process, workers: int, parts: Path):
+    if batch_process is not None:
+        for task, result in batch_process(tasks):
+            if isinstance(result, VideoFailure):
+                yield ("failed", task.video_id, str(result))
+            elif isinstance(result, BaseException):
+                yield ("failed", task.video_id, f"{type(result).__name__}: {result}")
+            else:
+                yield _store_part(str(parts), result)
+    elif workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield _run_one(process, task, str(parts))
+    else:
+        from joblib import Parallel, delayed
+
+        parallel = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered",
+                            batch_size=1, pre_dispatch="2*n_jobs")
+        yield from parallel(delayed(_run_one)(process, t, str(parts)) for t in tasks)
+
+
+# -- the runner ---------------------------------------------------------------------------
+class _Lock:
+    def __init__(self, path: Path):
+        self.path = path
+        self.fh = None
+
+    def __enter__(self):
+        try:
+            self.fh = open(self.path, "a+")
+        except OSError as exc:
+            raise _output_error(self.path, exc, "create lock file") from exc
+        try:
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            self.fh.close()
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise StageError(f"another process is writing {self.path.name[1:-5]} "
+                                 f"(lock {self.path} is held); refusing to run twice") from exc
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def _normalise(config: Mapping[str, Any]) -> Dict[str, Any]:
+    return json.loads(json.dumps(dict(config), sort_keys=True))
+
+
+def _read_shard_root(path: Path) -> Dict[str, Any]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return store.read_attrs(f)
+    except OSError as exc:
+        raise StageError(f"{path} exists but cannot be read as HDF5 ({exc}); "
+                         "remove it or rerun with --overwrite") from exc
+
+
+def run_stage(*, kind: str, out_dir, shard_index: int, num_shards: int,
+              config: Mapping[str, Any], tasks: Sequence[Task],
+              process: Optional[Callable[[Task], store.VideoRecord]] = None,
+              batch_process: Optional[Callable[[List[Task]], Iterator[Tuple[Task, Any]]]] = None,
+              workers: int = 1, overwrite: bool = False, retry_failed: bool = False,
+              progress: bool = True, root_extra: Optional[Mapping[str, Any]] = None,
+              initial_failures: Sequence[Dict[str, str]] = ()) -> Summary:
+    """Make shard ``shard_index`` of ``num_shards`` of ``kind`` in ``out_dir`` from ``tasks``.
+
+    ``process(task) -> VideoRecord`` runs in ``workers`` processes (it and its arguments must
+    pickle: a module-level function or ``functools.partial`` of one). ``batch_process(tasks)``
+    instead runs in this process and yields ``(task, VideoRecord | Exception)`` in any order;
+    stages that batch across videos on one device (torch flow, scoring) use it.
+    ``initial_failures`` are videos the caller already rejected (missing file, duplicate id):
+    they are reported with the rest. Returns a ``Summary``; raises ``StageError``.
+    """
+    if (process is None) == (batch_process is None):
+        raise ValueError("give exactly one of process= and batch_process=")
+    out_dir = Path(out_dir)
+    name = store.shard_name(kind, shard_index, num_shards)
+    final = out_dir / name
+    parts = out_dir / f".{name}.parts"
+    failures_file = out_dir / f"{kind}-{shard_index}-of-{num_shards}.failures.json"
+    config = _normalise(config)
+    summary = Summary(stage=kind, shard=str(final), shard_index=shard_index,
+                      num_shards=num_shards, status="written", videos=len(tasks) + len(initial_failures),
+                      failures_file=str(failures_file))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _output_error(out_dir, exc, "create output folder") from exc
+    start = time.monotonic()
+    with _Lock(out_dir / f".{name}.lock"):
+        if final.exists() and overwrite:
+            final.unlink()
+            shutil.rmtree(parts, ignore_errors=True)
+        if final.exists():
+            root = _read_shard_root(final)
+            _check_compatible(final, root, config)
+            previous = root.get("failed") or []
+            if not (retry_failed and previous):
+                summary.status = "complete"
+                summary.ok = int(root.get("num_videos", 0))
+                summary.videos = summary.ok + len(previous)
+                summary.failed = len(previous)
+                summary.failures = list(previous)
+                summary.items = int(root.get("num_items", 0))
+                return summary
+            _unpack_to_parts(final, parts, config)
+        _prepare_parts(parts, config, overwrite)
+        done = _done_parts(parts)
+        wanted = {t.video_id for t in tasks}
+        todo = [t for t in tasks if t.video_id not in done]
+        summary.resumed = len(wanted & done)
+        failures = list(initial_failures)
+        sources = {t.video_id: t.source for t in tasks}
+        bar = _progress(len(tasks), summary.resumed, f"{kind} {shard_index}/{num_shards}", progress)
+        try:
+            for status, vid, info in _iter_results(todo, process, batch_process, workers, parts):
+                if status == "fatal":
+                    raise StageError(info)
+                if status == "failed":
+                    log.warning("%s: video %s failed: %s", kind, vid, info)
+                    failures.append({"video_id": vid, "source": sources.get(vid, ""), "reason": info})
+                bar.update(1)
+        finally:
+            bar.render_finish()
+        failures.sort(key=lambda d: d["video_id"])
+        ok_ids = sorted(wanted & _done_parts(parts))
+        summary.items = _assemble(final, parts, ok_ids, kind, config, shard_index, num_shards,
+                                  failures, root_extra)
+        try:
+            atomic_write_text(failures_file, json.dumps(failures, indent=1, sort_keys=True) + "\n")
+        except OSError as exc:
+            raise _output_error(failures_file, exc, "write") from exc
+        shutil.rmtree(parts, ignore_errors=True)
+    summary.ok = len(ok_ids)
+    summary.failed = len(failures)
+    summary.failures = failures
+    summary.seconds = round(time.monotonic() - start, 3)
+    return summary
+
+
+def _check_compatible(final: Path, root: Mapping[str, Any], config: Mapping[str, Any]) -> None:
+    if root.get("schema_version") != store.SCHEMA_VERSION:
+        raise StageError(f"{final} has schema version {root.get('schema_version')!r}, this "
+                         f"version writes {store.SCHEMA_VERSION}; rerun with --overwrite")
+    diff = config_diff(root.get("config") or {}, config)
+    if diff:
+        raise StageError(f"{final} was made with other settings ({'; '.join(diff[:6])}); "
+                         "use another output folder or --overwrite")
+
+
+def _prepare_parts(parts: Path, config: Mapping[str, Any], overwrite: bool) -> None:
+    cfg_file = parts / CONFIG_FILE
+    if parts.exists() and overwrite:
+        shutil.rmtree(parts)
+    if parts.exists() and cfg_file.exists():
+        try:
+            old = json.loads(cfg_file.read_text())
+        except ValueError:
+            old = None
+        if old is not None and old != config:
+            raise StageError(f"unfinished run in {parts} used other settings "
+                             f"({'; '.join(config_diff(old, config)[:6])}); "
+                             "rerun with the same settings to finish it, or with --overwrite")
+    try:
+        parts.mkdir(parents=True, exist_ok=True)
+        if not cfg_file.exists():
+            atomic_write_text(cfg_file, json.dumps(config, sort_keys=True))
+    except OSError as exc:
+        raise _output_error(parts, exc, "write to") from exc
+
+
+def _done_parts(parts: Path) -> set:
+    done = set()
+    for p in parts.iterdir():
+        if p.name.endswith(".tmp"):      # a write that a kill interrupted
+            p.unlink(missing_ok=True)
+        elif p.suffix == ".h5":
+            done.add(urllib.parse.unquote(p.name[:-3]))
+    return done
+
+
+def _unpack_to_parts(final: Path, parts: Path, config: Mapping[str, Any]) -> None:
+    """Turn a finished shard back into parts so that only its failed videos are redone."""
+    import h5py
+
+    shutil.rmtree(parts, ignore_errors=True)
+    _prepare_parts(parts, config, overwrite=False)
+    with h5py.File(final, "r") as f:
+        for vid in f[store.VIDEOS]:
+            write_part(parts, store.read_record(f[store.VIDEOS][vid]))
+    final.unlink()
+
+
+def _assemble(final: Path, parts: Path, ok_ids: List[str], kind: str, config, index: int,
+              count: int, failures, root_extra) -> int:
+    items = 0
+
+    def fill(f):
+        nonlocal items
+        videos = f.create_group(store.VIDEOS)
+        for vid in ok_ids:
+            record = _read_part(_part_path(parts, vid))
+            store.write_record(videos, record)
+            items += _count_items(record)
+        extra = dict(root_extra or {})
+        extra.update(num_videos=len(ok_ids), num_items=items,
+                     failed=json.dumps(failures, sort_keys=True))
+        for key, value in store.root_attrs(kind, config, index, count, extra).items():
+            f.attrs[key] = value
+
+    try:
+        _write_h5(final, fill)
+    except OSError as exc:
+        raise _output_error(final, exc, "write") from exc
+    return items
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def render_finish(self):
+        pass
+
+
+def _progress(total: int, done: int, label: str, enabled: bool):
+    import click
+
+    if not enabled or total == 0:
+        return _NoBar()
+    bar = click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True,
+                            show_eta=True)
+    bar.update(done)
+    return bar

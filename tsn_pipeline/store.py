@@ -1,0 +1,504 @@
+"""HDF5 shard format: record writer, lazy fork-safe reader, index and verification.
+
+Every stage writes shards in this format (see docs/SCHEMA.md for the full layout):
+
+    /                      attrs: schema_version, package_version, kind, config (JSON),
+                                  shard_index, num_shards, num_videos, failed (JSON list)
+    /videos/<video_id>     attrs: per-video metadata (num_frames, fps, label, ...), crc32
+        <stream>           uint8 (total_bytes,)  JPEG/PNG payloads concatenated
+        <stream>_offsets   int64 (n + 1,)        payload i is <stream>[off[i]:off[i+1]]
+        <array>            any dtype             raw arrays (float16 flow, scores, features)
+
+A shard is written as ``name.h5.tmp`` and renamed when complete (see ``batch``), so a
+``*.h5`` file is always whole. Readers open each file lazily, once per process, and never
+pickle an open handle, so a ``ShardSet`` can be handed to DataLoader workers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from . import __version__
+
+SCHEMA_VERSION = 1
+VIDEOS = "videos"
+OFFSETS_SUFFIX = "_offsets"
+KINDS = ("frames", "flow", "scores", "features")
+_MAX_ID_BYTES = 200
+_BAD_ID_CHARS = re.compile(r"[/\x00-\x1f\x7f]")
+
+
+class StoreError(Exception):
+    """A shard is missing, of the wrong kind or schema, or holds inconsistent data."""
+
+
+def check_video_id(video_id: str) -> str:
+    """Return ``video_id`` if it is safe as an HDF5 name and a file name, else raise ValueError.
+
+    Ids come from file names or list files; an id must not be able to address anything
+    outside ``/videos`` (no ``/``, not ``.`` or ``..``) nor carry control characters.
+    """
+    if not isinstance(video_id, str) or not video_id:
+        raise ValueError(f"video id {video_id!r} is empty or not a string")
+    if video_id in (".", "..") or _BAD_ID_CHARS.search(video_id):
+        raise ValueError(
+            f"video id {video_id!r} is not allowed: ids may not be '.' or '..' nor contain "
+            "'/' or control characters")
+    if video_id != video_id.strip():
+        raise ValueError(f"video id {video_id!r} has leading or trailing white space")
+    if len(video_id.encode("utf-8")) > _MAX_ID_BYTES:
+        raise ValueError(f"video id {video_id[:40]!r}... is longer than {_MAX_ID_BYTES} bytes")
+    return video_id
+
+
+@dataclass
+class VideoRecord:
+    """What a stage stores for one video.
+
+    ``streams``: name -> list of encoded images (JPEG or PNG bytes), one per frame/field.
+    ``arrays``: name -> numpy array stored as is. ``attrs``: JSON-able scalars/strings/lists.
+    """
+
+    video_id: str
+    attrs: Dict[str, Any] = field(default_factory=dict)
+    streams: Dict[str, List[bytes]] = field(default_factory=dict)
+    arrays: Dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_video_id(self.video_id)
+        clash = set(self.streams) & set(self.arrays)
+        if clash:
+            raise ValueError(f"names used both as stream and array: {sorted(clash)}")
+
+
+def _attr_value(value: Any) -> Any:
+    """Map a Python value onto something h5py stores faithfully (lists/dicts as JSON)."""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True)
+    if value is None:
+        return "null"
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return value
+
+
+def _read_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, str) and value[:1] in ("[", "{") or value == "null":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def read_attrs(obj) -> Dict[str, Any]:
+    """All attributes of an h5py object, JSON strings decoded."""
+    return {k: _read_attr(v) for k, v in obj.attrs.items()}
+
+
+def _pack(payloads: Sequence[bytes]):
+    offsets = np.zeros(len(payloads) + 1, dtype=np.int64)
+    np.cumsum([len(p) for p in payloads], out=offsets[1:])
+    buf = np.frombuffer(b"".join(payloads), dtype=np.uint8)
+    return buf, offsets
+
+
+def _record_checksum(datasets: Mapping[str, np.ndarray]) -> str:
+    crc = 0
+    for name in sorted(datasets):
+        arr = np.ascontiguousarray(datasets[name])
+        crc = zlib.crc32(name.encode("utf-8"), crc)
+        crc = zlib.crc32(arr.dtype.str.encode() + repr(arr.shape).encode(), crc)
+        crc = zlib.crc32(memoryview(arr).cast("B"), crc)
+    return f"{crc:08x}"
+
+
+def record_datasets(record: VideoRecord) -> Dict[str, np.ndarray]:
+    """The datasets a record becomes in its group, by name."""
+    out: Dict[str, np.ndarray] = {}
+    for name, payloads in record.streams.items():
+        buf, offsets = _pack(payloads)
+        out[name] = buf
+        out[name + OFFSETS_SUFFIX] = offsets
+    for name, arr in record.arrays.items():
+        out[name] = np.asarray(arr)
+    return out
+
+
+def write_record(parent, record: VideoRecord) -> None:
+    """Write ``record`` as group ``parent[record.video_id]`` (the group must not exist)."""
+    group = parent.create_group(record.video_id)
+    datasets = record_datasets(record)
+    for name in sorted(datasets):
+        group.create_dataset(name, data=datasets[name], track_times=False)
+    for name in record.streams:
+        group[name].attrs["count"] = len(record.streams[name])
+    for key in sorted(record.attrs):
+        group.attrs[key] = _attr_value(record.attrs[key])
+    group.attrs["crc32"] = _record_checksum(datasets)
+
+
+def read_record(group) -> VideoRecord:
+    """Inverse of ``write_record``: load a whole video group into memory."""
+    attrs = read_attrs(group)
+    attrs.pop("crc32", None)
+    streams, arrays = {}, {}
+    names = set(group.keys())
+    for name in sorted(names):
+        if name.endswith(OFFSETS_SUFFIX) and name[: -len(OFFSETS_SUFFIX)] in names:
+            continue
+        if name + OFFSETS_SUFFIX in names:
+            buf = group[name][()]
+            off = group[name + OFFSETS_SUFFIX][()]
+            streams[name] = [buf[off[i]:off[i + 1]].tobytes() for i in range(len(off) - 1)]
+        else:
+            arrays[name] = group[name][()]
+    return VideoRecord(video_id=group.name.rsplit("/", 1)[-1], attrs=attrs,
+                       streams=streams, arrays=arrays)
+
+
+def verify_group(group) -> Optional[str]:
+    """Return None when the group's datasets match its stored checksum, else the reason."""
+    try:
+        datasets = {name: group[name][()] for name in group.keys()}
+    except Exception as exc:  # h5py raises OSError/KeyError/RuntimeError on damaged files
+        return f"cannot read datasets: {exc}"
+    stored = group.attrs.get("crc32")
+    if stored is None:
+        return "no crc32 attribute"
+    stored = stored.decode() if isinstance(stored, bytes) else str(stored)
+    actual = _record_checksum(datasets)
+    if actual != stored:
+        return f"checksum mismatch (stored {stored}, computed {actual})"
+    for name in datasets:
+        if name.endswith(OFFSETS_SUFFIX):
+            base = name[: -len(OFFSETS_SUFFIX)]
+            off = datasets[name]
+            if base in datasets and (off[0] != 0 or off[-1] != len(datasets[base])
+                                     or np.any(np.diff(off) < 0)):
+                return f"offsets of {base!r} do not cover its buffer"
+    return None
+
+
+def root_attrs(kind: str, config: Mapping[str, Any], shard_index: int, num_shards: int,
+               extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    if kind not in KINDS:
+        raise ValueError(f"unknown shard kind {kind!r}; expected one of {KINDS}")
+    attrs = {
+        "schema_version": SCHEMA_VERSION,
+        "package_version": __version__,
+        "kind": kind,
+        "config": json.dumps(dict(config), sort_keys=True),
+        "shard_index": int(shard_index),
+        "num_shards": int(num_shards),
+    }
+    attrs.update(extra or {})
+    return attrs
+
+
+def shard_name(kind: str, index: int, count: int) -> str:
+    """``frames-0-of-4.h5``: the file name of shard ``index`` of ``count``."""
+    return f"{kind}-{index}-of-{count}.h5"
+
+
+_SHARD_RE = re.compile(r"^(?P<kind>[a-z]+)-(?P<i>\d+)-of-(?P<n>\d+)\.h5$")
+
+
+def parse_shard_name(name: str):
+    m = _SHARD_RE.match(name)
+    if not m:
+        return None
+    return m.group("kind"), int(m.group("i")), int(m.group("n"))
+
+
+def expand_shard_paths(paths: Union[str, os.PathLike, Iterable[Union[str, os.PathLike]]],
+                       kind: Optional[str] = None) -> List[Path]:
+    """Files and folders -> sorted shard files. A folder contributes ``<kind>-*-of-*.h5``.
+
+    ``.tmp`` files are never returned: an unfinished shard is not a result.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: List[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if parse_shard_name(q.name)
+                           and (kind is None or parse_shard_name(q.name)[0] == kind))
+            if not found:
+                raise StoreError(f"{p}: no {kind or 'shard'} files (*-<i>-of-<n>.h5) in this folder")
+            out.extend(found)
+        elif p.suffix == ".tmp" or p.name.endswith(".h5.tmp"):
+            raise StoreError(f"{p}: unfinished shard (.tmp); rerun the stage to complete it")
+        elif not p.exists():
+            raise StoreError(f"{p}: no such shard file")
+        else:
+            out.append(p)
+    return out
+
+
+@dataclass(frozen=True)
+class VideoEntry:
+    """One video of a shard set, as the index knows it (no payload loaded)."""
+
+    video_id: str
+    shard: str          # path of the shard file
+    length: int         # num_frames for frame shards, num_flows for flow shards, rows otherwise
+    label: int
+    attrs: Mapping[str, Any]
+
+
+def _entry_length(kind: str, attrs: Mapping[str, Any]) -> int:
+    for key in ("num_frames", "num_flows", "num_snippets"):
+        if key in attrs:
+            return int(attrs[key])
+    return 0
+
+
+class ShardSet:
+    """Index over one or more shards of the same kind; payloads are read on demand.
+
+    >>> shards = open_shards("out/frames")           # doctest: +SKIP
+    >>> shards.ids[:2], shards["v_x_g01_c01"].length  # doctest: +SKIP
+    >>> frames = shards.read_frames("v_x_g01_c01", [0, 5, 9])  # (3, H, W, 3) uint8 RGB
+
+    The index is built once in the constructor. Files are opened lazily on first payload
+    access, once per process (the pid is checked), so the object may be pickled into
+    DataLoader workers or joblib processes.
+    """
+
+    def __init__(self, paths, kind: Optional[str] = None):
+        self.paths = [str(p) for p in expand_shard_paths(paths, kind)]
+        self.kind = kind
+        self.root: Dict[str, Dict[str, Any]] = {}
+        self._entries: Dict[str, VideoEntry] = {}
+        self._handles: Dict[str, Any] = {}
+        self._pid = os.getpid()
+        self._build_index()
+
+    def _build_index(self):
+        import h5py
+
+        kinds = set()
+        for path in self.paths:
+            try:
+                with h5py.File(path, "r") as f:
+                    attrs = read_attrs(f)
+                    self._check_root(path, attrs)
+                    kinds.add(attrs["kind"])
+                    self.root[path] = attrs
+                    for vid, group in f[VIDEOS].items():
+                        vattrs = read_attrs(group)
+                        if vid in self._entries:
+                            raise StoreError(
+                                f"video {vid!r} is in two shards: {self._entries[vid].shard} "
+                                f"and {path}")
+                        self._entries[vid] = VideoEntry(
+                            vid, path, _entry_length(attrs["kind"], vattrs),
+                            int(vattrs.get("label", -1)), vattrs)
+            except OSError as exc:
+                raise StoreError(f"{path}: cannot open as HDF5 ({exc})") from exc
+        if len(kinds) > 1:
+            raise StoreError(f"shards of different kinds mixed: {sorted(kinds)}")
+        if self.kind is None and kinds:
+            self.kind = kinds.pop()
+
+    def _check_root(self, path: str, attrs: Mapping[str, Any]):
+        version = attrs.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{path}: schema version {version!r}, this tsn-pipeline reads "
+                             f"version {SCHEMA_VERSION}; re-create the shard")
+        if self.kind is not None and attrs.get("kind") != self.kind:
+            raise StoreError(f"{path}: a {attrs.get('kind')!r} shard, expected {self.kind!r}")
+
+    # -- index -------------------------------------------------------------------------
+    @property
+    def ids(self) -> List[str]:
+        return sorted(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_id in self._entries
+
+    def __getitem__(self, video_id: str) -> VideoEntry:
+        try:
+            return self._entries[video_id]
+        except KeyError:
+            raise KeyError(f"video {video_id!r} is not in shards {self.paths}") from None
+
+    def entries(self) -> List[VideoEntry]:
+        return [self._entries[v] for v in self.ids]
+
+    def config(self) -> Dict[str, Any]:
+        """The resolved stage config of the first shard (all shards of a run share it)."""
+        first = next(iter(self.root.values()), {})
+        return dict(first.get("config") or {})
+
+    # -- payloads ------------------------------------------------------------------------
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        return state
+
+    def _group(self, video_id: str):
+        import h5py
+
+        if self._pid != os.getpid():   # forked: never reuse the parent's handles
+            self._handles, self._pid = {}, os.getpid()
+        path = self[video_id].shard
+        f = self._handles.get(path)
+        if f is None:
+            f = self._handles[path] = h5py.File(path, "r")
+        return f[VIDEOS][video_id]
+
+    def close(self):
+        for f in self._handles.values():
+            try:
+                f.close()
+            except Exception:
+                pass
+        self._handles = {}
+
+    def read_encoded(self, video_id: str, stream: str, indices: Sequence[int]) -> List[bytes]:
+        """The stored payloads (JPEG/PNG bytes) of ``stream`` at ``indices`` (0-based)."""
+        group = self._group(video_id)
+        if stream not in group:
+            raise StoreError(f"video {video_id!r} has no stream {stream!r} "
+                             f"(has {sorted(k for k in group if not k.endswith(OFFSETS_SUFFIX))})")
+        off = group[stream + OFFSETS_SUFFIX]
+        n = len(off) - 1
+        out = []
+        for i in indices:
+            i = int(i)
+            if not 0 <= i < n:
+                raise IndexError(f"video {video_id!r} stream {stream!r}: index {i} outside 0..{n - 1}")
+            a, b = off[i], off[i + 1]
+            out.append(group[stream][a:b].tobytes())
+        return out
+
+    def read_frames(self, video_id: str, indices: Sequence[int], stream: str = "rgb") -> np.ndarray:
+        """Decoded RGB frames ``(len(indices), H, W, 3)`` uint8."""
+        payloads = self.read_encoded(video_id, stream, indices)
+        return np.stack([decode_image(p, color=True) for p in payloads])
+
+    def read_gray(self, video_id: str, stream: str, indices: Sequence[int]) -> np.ndarray:
+        """Decoded single-channel images ``(len(indices), H, W)`` uint8 (e.g. flow x or y)."""
+        payloads = self.read_encoded(video_id, stream, indices)
+        return np.stack([decode_image(p, color=False) for p in payloads])
+
+    def read_array(self, video_id: str, name: str, index=()) -> np.ndarray:
+        return self._group(video_id)[name][index]
+
+
+def open_shards(paths, kind: Optional[str] = None) -> ShardSet:
+    """Index the shards at ``paths`` (files or folders). See ``ShardSet``."""
+    return ShardSet(paths, kind)
+
+
+def decode_image(payload: bytes, color: bool = True) -> np.ndarray:
+    """JPEG/PNG bytes -> uint8 RGB (H, W, 3) or gray (H, W)."""
+    import cv2
+
+    arr = np.frombuffer(payload, dtype=np.uint8)
+    img = cv2.imdecode(arr, cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise StoreError(f"undecodable image payload ({len(payload)} bytes)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if color else img
+
+
+def encode_image(img: np.ndarray, fmt: str = "jpeg", quality: int = 95) -> bytes:
+    """uint8 RGB (H, W, 3) or gray (H, W) -> JPEG (``quality`` 1..100) or PNG bytes."""
+    import cv2
+
+    if img.dtype != np.uint8:
+        raise TypeError(f"encode_image needs uint8, got {img.dtype}")
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    if fmt == "jpeg":
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    elif fmt == "png":
+        ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    else:
+        raise ValueError(f"unknown image format {fmt!r}; expected 'jpeg' or 'png'")
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a {img.shape} image as {fmt}")
+    return buf.tobytes()
+
+
+def describe_shard(path) -> Dict[str, Any]:
+    """Summary of one shard: root attributes plus per-video entries (for `tsn info`)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        attrs = read_attrs(f)
+        videos = []
+        total_bytes = 0
+        for vid, group in f[VIDEOS].items():
+            vattrs = read_attrs(group)
+            nbytes = sum(group[n].id.get_storage_size() for n in group.keys())
+            total_bytes += nbytes
+            entry = {"video_id": vid, "shard": str(path), "label": vattrs.get("label", -1),
+                     "bytes": int(nbytes)}
+            entry.update({k: v for k, v in vattrs.items() if k not in entry and k != "crc32"})
+            videos.append(entry)
+    return {"path": str(path), "attrs": attrs, "videos": videos, "bytes": total_bytes}
+
+
+def verify_shard(path) -> List[Dict[str, str]]:
+    """Every video whose payload does not match its checksum (or cannot be read/decoded)."""
+    import h5py
+
+    problems: List[Dict[str, str]] = []
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        return [{"video_id": "*", "reason": f"cannot open: {exc}"}]
+    with f:
+        try:
+            attrs = read_attrs(f)
+            if attrs.get("schema_version") != SCHEMA_VERSION:
+                problems.append({"video_id": "*", "reason":
+                                 f"schema version {attrs.get('schema_version')!r} != {SCHEMA_VERSION}"})
+            names = list(f[VIDEOS].keys())
+        except Exception as exc:
+            return [{"video_id": "*", "reason": f"cannot read index: {exc}"}]
+        for vid in names:
+            try:
+                group = f[VIDEOS][vid]
+            except Exception as exc:
+                problems.append({"video_id": vid, "reason": f"cannot open group: {exc}"})
+                continue
+            reason = verify_group(group)
+            if reason is None:
+                reason = _decode_all(group)
+            if reason is not None:
+                problems.append({"video_id": vid, "reason": reason})
+    return problems
+
+
+def _decode_all(group) -> Optional[str]:
+    import cv2
+
+    for name in group.keys():
+        if name + OFFSETS_SUFFIX not in group:
+            continue
+        buf = group[name][()]
+        off = group[name + OFFSETS_SUFFIX][()]
+        for i in range(len(off) - 1):
+            img = cv2.imdecode(buf[off[i]:off[i + 1]], cv2.IMREAD_UNCHANGED)
+            if img is None:
+                return f"stream {name!r} item {i} does not decode"
+    return None
