@@ -14,3 +14,6 @@ install: $(BIN)/tsn
 
 test: install
 	$(BIN)/python -m pytest
+
+# Dataset pipelines (ucf101, hmdb51, demo): pipelines/*.mk
+-include $(sort $(wildcard pipelines/*.mk))
