@@ -1,0 +1,250 @@
+"""Video files in and out through ffmpeg (bundled by imageio-ffmpeg; no ffprobe needed).
+
+``probe`` reads the stream header from ``ffmpeg -i``; ``iter_frames`` pipes decoded RGB frames
+out of ffmpeg (commands built with ffmpeg-python) without writing a file per frame;
+``write_video`` encodes uint8 frames (tests and the demo data generator use it).
+
+Frame counts are what decodes, never the header's claim: some real files (HMDB51's, for one)
+announce a frame more than they hold. Frames are passed through with their own timestamps
+(``-fps_mode passthrough``), so gaps are not filled with duplicates unless ``fps`` asks for
+resampling.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+INTERPOLATIONS = ("bilinear", "bicubic", "area", "lanczos", "neighbor")
+
+
+class VideoError(Exception):
+    """A video cannot be opened or decoded; the message names the file and the reason."""
+
+
+def ffmpeg_exe() -> str:
+    """``$TSN_FFMPEG`` if set (a path or a name on PATH), else imageio-ffmpeg's binary."""
+    chosen = os.environ.get("TSN_FFMPEG")
+    if chosen:
+        found = chosen if os.path.isfile(chosen) else shutil.which(chosen)
+        if not found:
+            raise VideoError(f"TSN_FFMPEG={chosen!r}: no such executable")
+        return found
+    try:
+        import imageio_ffmpeg
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise VideoError("imageio-ffmpeg is not installed and TSN_FFMPEG is not set") from exc
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int            # display size (after rotation metadata)
+    height: int
+    fps: float            # 0.0 when the header gives none
+    codec: str
+    duration: float       # seconds, 0.0 when unknown
+    rotation: int = 0
+
+    @property
+    def header_frames(self) -> int:
+        """What the header implies (duration x fps); the decoded count may be smaller."""
+        return int(round(self.duration * self.fps))
+
+
+_STREAM_RE = re.compile(r"Stream #\d+:\d+.*?: Video: (?P<codec>[^,\s]+)(?P<rest>.*)")
+_SIZE_RE = re.compile(r", (\d{2,5})x(\d{2,5})[, \[]")
+_FPS_RE = re.compile(r", ([\d.]+)(k?) (fps|tbr)")
+_DUR_RE = re.compile(r"Duration: (\d+):(\d+):([\d.]+)")
+_ROT_RE = re.compile(r"rotation of (-?[\d.]+) degrees")
+
+
+def _last_error_lines(text: str, n: int = 2) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return "; ".join(lines[-n:]) if lines else "no output from ffmpeg"
+
+
+def probe(path) -> VideoInfo:
+    """Read the first video stream's header via ``ffmpeg -i`` (ffprobe is not needed)."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise VideoError(f"{path}: no such file")
+    if not os.access(path, os.R_OK):
+        raise VideoError(f"{path}: not readable (permission denied)")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"{path}: empty file (0 bytes)")
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, timeout=120)
+    err = proc.stderr.decode("utf-8", "replace")
+    match = _STREAM_RE.search(err)
+    if match is None:
+        reason = _last_error_lines(err) if "Error" in err or "Invalid" in err else "no video stream"
+        raise VideoError(f"{path}: not a readable video ({reason})")
+    rest = match.group("rest")
+    size = _SIZE_RE.search(rest + ",")
+    if size is None:
+        raise VideoError(f"{path}: video stream without a frame size ({match.group(0)[:120]})")
+    width, height = int(size.group(1)), int(size.group(2))
+    fps = 0.0
+    fps_match = _FPS_RE.search(rest)
+    if fps_match:
+        fps = float(fps_match.group(1)) * (1000.0 if fps_match.group(2) else 1.0)
+    dur = _DUR_RE.search(err)
+    duration = (int(dur.group(1)) * 3600 + int(dur.group(2)) * 60 + float(dur.group(3))) if dur else 0.0
+    rot = _ROT_RE.search(err)
+    rotation = int(round(float(rot.group(1)))) % 360 if rot else 0
+    if rotation in (90, 270):
+        width, height = height, width
+    return VideoInfo(width, height, fps, match.group("codec"), duration, rotation)
+
+
+def output_size(width: int, height: int, size: Optional[Tuple[int, int]] = None,
+                short_side: Optional[int] = None) -> Tuple[int, int]:
+    """(W, H) after resizing: fixed ``size``, or the short side scaled to ``short_side``.
+
+    Example: 320x240 with short_side=256 -> (341, 256) (rounded to nearest, like mmaction2).
+    """
+    if size is not None and short_side is not None:
+        raise ValueError("give a fixed size or a short side, not both")
+    if size is not None:
+        return int(size[0]), int(size[1])
+    if short_side is not None:
+        if width <= height:
+            return int(short_side), max(1, int(round(height * short_side / width)))
+        return max(1, int(round(width * short_side / height))), int(short_side)
+    return width, height
+
+
+class FrameReader:
+    """Iterate decoded RGB frames of one video; errors ffmpeg reported are in ``.errors``.
+
+    >>> with FrameReader("v.avi", size=(340, 256)) as r:   # doctest: +SKIP
+    ...     frames = list(r)                              # (256, 340, 3) uint8 each
+    """
+
+    def __init__(self, path, size: Optional[Tuple[int, int]] = None,
+                 short_side: Optional[int] = None, fps: Optional[float] = None,
+                 interpolation: str = "bilinear", info: Optional[VideoInfo] = None):
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {interpolation!r} not in {INTERPOLATIONS}")
+        self.path = str(path)
+        self.info = info or probe(self.path)
+        self.width, self.height = output_size(self.info.width, self.info.height, size, short_side)
+        self.fps = float(fps) if fps else self.info.fps
+        self._cmd = self._command(fps, interpolation)
+        self._proc: Optional[subprocess.Popen] = None
+        self._stderr: List[bytes] = []
+        self.returncode: Optional[int] = None
+
+    def _command(self, fps, interpolation) -> List[str]:
+        import ffmpeg
+
+        stream = ffmpeg.input(self.path)["v:0"]
+        if fps:
+            stream = stream.filter("fps", fps=float(fps))
+        if (self.width, self.height) != (self.info.width, self.info.height):
+            stream = stream.filter("scale", self.width, self.height, flags=interpolation)
+        out = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough")
+        args = out.global_args("-nostdin", "-hide_banner", "-v", "error").compile(cmd=ffmpeg_exe())
+        return list(args)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        frame_bytes = self.width * self.height * 3
+        self._proc = subprocess.Popen(self._cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, bufsize=frame_bytes)
+        drain = threading.Thread(target=self._drain, args=(self._proc.stderr,), daemon=True)
+        drain.start()
+        try:
+            while True:
+                buf = _read_exact(self._proc.stdout, frame_bytes)
+                if len(buf) < frame_bytes:
+                    break
+                yield np.frombuffer(buf, dtype=np.uint8).reshape(self.height, self.width, 3)
+        finally:
+            self.close()
+            drain.join(timeout=10)
+
+    def _drain(self, pipe):
+        for line in iter(pipe.readline, b""):
+            if len(self._stderr) < 200:
+                self._stderr.append(line)
+
+    @property
+    def errors(self) -> str:
+        return b"".join(self._stderr).decode("utf-8", "replace").strip()
+
+    def close(self):
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+        self.returncode = proc.wait()
+
+
+def _read_exact(stream, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        chunk = stream.read(n - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def read_video(path, size=None, short_side=None, fps=None, interpolation="bilinear") -> np.ndarray:
+    """All decoded frames ``(T, H, W, 3)`` uint8 RGB; raises VideoError when none decode."""
+    with FrameReader(path, size, short_side, fps, interpolation) as reader:
+        frames = list(reader)
+    if not frames:
+        raise VideoError(f"{path}: no frame decodes ({reader.errors or 'ffmpeg gave no frames'})")
+    return np.stack(frames)
+
+
+_CODECS = {
+    # codec -> (ffmpeg encoder, pixel format in the file, extra output options)
+    "ffv1": ("ffv1", "bgr0", {}),                     # lossless RGB
+    "png": ("png", "rgb24", {}),                      # lossless RGB
+    "libx264": ("libx264", "yuv420p", {"crf": 18, "preset": "veryfast"}),
+    "mpeg4": ("mpeg4", "yuv420p", {"q:v": 3}),
+    "mjpeg": ("mjpeg", "yuvj420p", {"q:v": 3}),
+}
+
+
+def write_video(path, frames: Sequence[np.ndarray], fps: float = 25.0, codec: str = "ffv1") -> None:
+    """Encode uint8 RGB frames (T, H, W, 3) into ``path`` (container from the extension).
+
+    ``ffv1`` and ``png`` are lossless (use .mkv or .avi); ``libx264``/``mpeg4`` need even sizes.
+    """
+    import ffmpeg
+
+    if codec not in _CODECS:
+        raise ValueError(f"codec {codec!r} not in {sorted(_CODECS)}")
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    t, h, w, _ = frames.shape
+    encoder, pix_fmt, extra = _CODECS[codec]
+    args = (ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{w}x{h}", framerate=fps)
+            .output(str(path), vcodec=encoder, pix_fmt=pix_fmt, **extra)
+            .global_args("-nostdin", "-hide_banner", "-v", "error", "-y")
+            .compile(cmd=ffmpeg_exe()))
+    proc = subprocess.run(args, input=np.ascontiguousarray(frames).tobytes(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if proc.returncode != 0:
+        raise VideoError(f"{path}: ffmpeg could not encode ({_last_error_lines(proc.stderr.decode('utf-8', 'replace'))})")
