@@ -94,7 +94,9 @@ def _read_attr(value: Any) -> Any:
         value = value.decode("utf-8")
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, str) and value[:1] in ("[", "{") or value == "null":
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, str) and (value[:1] in ("[", "{") or value == "null"):
         try:
             return json.loads(value)
         except ValueError:
@@ -203,7 +205,7 @@ def root_attrs(kind: str, config: Mapping[str, Any], shard_index: int, num_shard
         "shard_index": int(shard_index),
         "num_shards": int(num_shards),
     }
-    attrs.update(extra or {})
+    attrs.update({k: _attr_value(v) for k, v in (extra or {}).items()})
     return attrs
 
 

@@ -1,0 +1,123 @@
+"""Decode stage: videos -> resized RGB frames as JPEG in HDF5 frame shards.
+
+Reads a ``VideoList`` (folder or CSV); writes ``<out>/frames-<i>-of-<n>.h5`` (kind "frames").
+Per video: stream ``rgb`` (one JPEG per decoded frame, 0-based) and attributes ``num_frames``
+(frames that actually decoded), ``fps``, ``height``/``width`` (stored), ``orig_width``/
+``orig_height``, ``source``, ``label``, ``class_name``, ``split``, and ``decode_errors`` (what
+ffmpeg reported while still producing frames; empty when clean).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from . import batch, store
+from .videoio import INTERPOLATIONS, FrameReader, VideoError, probe
+from .videolist import VideoList
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How frames are made. Every field changes the output, so all are stored in the shard."""
+
+    size: Optional[Tuple[int, int]] = (340, 256)   # (W, H); None keeps the video's size
+    short_side: Optional[int] = None               # resize the short side to this instead
+    fps: Optional[float] = None                    # resample to this rate (None: every frame)
+    quality: int = 95                              # JPEG quality, 1..100 (OpenCV/libjpeg scale)
+    interpolation: str = "bilinear"                # ffmpeg scaler
+    strict: bool = False                           # any ffmpeg decode error fails the video
+
+    def __post_init__(self):
+        if self.size is not None and self.short_side is not None:
+            raise ValueError("give --size or --short-side, not both")
+        if self.size is not None:
+            object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
+            if min(self.size) < 1:
+                raise ValueError(f"size {self.size} must be positive")
+        if self.short_side is not None and self.short_side < 1:
+            raise ValueError(f"short side {self.short_side} must be positive")
+        if self.fps is not None and not self.fps > 0:
+            raise ValueError(f"fps {self.fps} must be > 0")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"JPEG quality {self.quality} outside 1..100")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {self.interpolation!r} not in {INTERPOLATIONS}")
+
+    def to_dict(self) -> Dict:
+        d = asdict(self)
+        d["size"] = list(self.size) if self.size else None
+        return d
+
+
+def decode_video(path: str, cfg: DecodeConfig):
+    """One video -> (list of JPEG bytes, attrs). Raises ``VideoFailure`` with the reason."""
+    import cv2
+
+    try:
+        info = probe(path)
+        reader = FrameReader(path, cfg.size, cfg.short_side, cfg.fps, cfg.interpolation, info)
+        params = [cv2.IMWRITE_JPEG_QUALITY, cfg.quality]
+        jpegs = []
+        for frame in reader:
+            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), params)
+            if not ok:
+                raise batch.VideoFailure(f"{path}: OpenCV could not encode frame {len(jpegs)}")
+            jpegs.append(buf.tobytes())
+    except VideoError as exc:
+        raise batch.VideoFailure(str(exc)) from exc
+    except OSError as exc:
+        raise batch.VideoFailure(f"{path}: {exc}") from exc
+    errors = reader.errors
+    if not jpegs:
+        raise batch.VideoFailure(f"{path}: no frame decodes ({errors or 'ffmpeg produced no frames'})")
+    if errors and cfg.strict:
+        raise batch.VideoFailure(f"{path}: decode errors (--strict): {errors.splitlines()[-1]}")
+    attrs = {
+        "num_frames": len(jpegs), "fps": reader.fps, "width": reader.width,
+        "height": reader.height, "orig_width": info.width, "orig_height": info.height,
+        "header_frames": info.header_frames, "codec": info.codec,
+        "decode_errors": errors[-2000:],
+    }
+    return jpegs, attrs
+
+
+def process_task(task: batch.Task, cfg: DecodeConfig) -> store.VideoRecord:
+    """Batch-runner entry point: decode ``task.source`` into a frame-shard record."""
+    jpegs, attrs = decode_video(task.source, cfg)
+    attrs.update(source=os.path.abspath(task.source), label=task.label,
+                 class_name=task.meta.get("class_name", ""), split=task.meta.get("split", ""))
+    return store.VideoRecord(task.video_id, attrs=attrs, streams={"rgb": jpegs})
+
+
+def plan_shard(videos: VideoList, shard_index: int, num_shards: int):
+    """Tasks of one shard plus the failures known before decoding (duplicate ids).
+
+    The first item of a duplicated id (in list order) is decoded; the others are failures.
+    """
+    tasks: Dict[str, batch.Task] = {}
+    failures: List[Dict[str, str]] = []
+    mine = set(batch.assign_shard({it.video_id for it in videos.items}, shard_index, num_shards))
+    for item in videos.items:
+        if item.video_id not in mine:
+            continue
+        if item.video_id in tasks:
+            failures.append({"video_id": item.video_id, "source": item.path,
+                             "reason": f"duplicate video id {item.video_id!r}: also "
+                                       f"{tasks[item.video_id].source}"})
+            continue
+        tasks[item.video_id] = batch.Task(item.video_id, item.path, item.label,
+                                          {"class_name": item.class_name, "split": item.split})
+    return [tasks[k] for k in sorted(tasks)], failures
+
+
+def run_decode(videos: VideoList, out_dir, cfg: DecodeConfig, shard_index: int = 0,
+               num_shards: int = 1, workers: int = 1, overwrite: bool = False,
+               retry_failed: bool = False, progress: bool = True) -> batch.Summary:
+    tasks, failures = plan_shard(videos, shard_index, num_shards)
+    return batch.run_stage(
+        kind="frames", out_dir=out_dir, shard_index=shard_index, num_shards=num_shards,
+        config=cfg.to_dict(), tasks=tasks, process=functools.partial(process_task, cfg=cfg),
+        workers=workers, overwrite=overwrite, retry_failed=retry_failed, progress=progress,
+        root_extra={"classes": list(videos.classes)}, initial_failures=failures)
