@@ -178,9 +178,10 @@ class FrameReader:
             drain.join(timeout=10)
 
     def _drain(self, pipe):
-        for line in iter(pipe.readline, b""):
-            if len(self._stderr) < 200:
-                self._stderr.append(line)
+        with pipe:
+            for line in iter(pipe.readline, b""):
+                if len(self._stderr) < 200:
+                    self._stderr.append(line)
 
     @property
     def errors(self) -> str:
