@@ -16,6 +16,14 @@ COMMANDS = {
     "decode": ("decode", "decode"),
     "info": ("inspect", "info"),
     "verify": ("inspect", "verify"),
+    "score": ("score", "score"),
+    "fuse": ("fuse", "fuse"),
+    "features": ("features", "features"),
+    "make-list": ("datasets", "make_list"),
+    "index": ("index", "index"),
+    "import-rawframes": ("rawframes", "import_rawframes"),
+    "export-rawframes": ("rawframes", "export_rawframes"),
+    "make-demo-data": ("demo", "make_demo_data"),
 }
 
 
