@@ -1,0 +1,540 @@
+"""TSN: a shared 2D backbone over K snippets, segmental consensus, TSN's good practices.
+
+Reads a local ImageNet weights file (``ModelConfig.pretrained``, torchvision-format state
+dict) and checkpoints written by ``tsn train``; writes nothing itself.
+
+* Backbones behind one small interface (``Backbone``): torchvision ResNet-18/34/50/101,
+  ``resnet10`` (a [1,1,1,1] ResNet for smoke tests) and BN-Inception (Ioffe & Szegedy 2015,
+  the network of the TSN paper) written for current PyTorch with torchvision-style names
+  (``conv1.conv.weight``, ``inception3a.branch2.1.bn.running_mean``, ... like googlenet).
+* Cross-modality initialisation (``cross_modality_init``) is a pure function on the first
+  conv weight; partial BN freezes every BatchNorm after the first (statistics and affine
+  parameters); an extra dropout sits before the new classifier.
+* Input normalisation (mean/std per base channel, 0..1 scale) is part of ``ModelConfig``, so a
+  checkpoint says how its input must be prepared (like timm's pretrained config).
+* ``param_groups`` gives TSN's lr / weight-decay multipliers (TSN_NOTES.md).
+
+Shapes: ``TSN.forward(x)`` takes ``(B, K, C, H, W)`` and returns ``(B, num_classes)``, the
+consensus of the K snippet scores before softmax. ``C`` is ``3`` for RGB, ``2 * new_length``
+for flow/warped (x0 y0 x1 y1 ...), ``3 * (new_length + 1)`` for RGB difference (the model
+differences consecutive frames itself, giving ``3 * new_length`` channels to the backbone).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+MODALITIES = ("rgb", "flow", "warped", "rgbdiff")
+CONSENSUS = ("avg", "max")
+ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "bninception")
+CHECKPOINT_FORMAT = "tsn-pipeline-checkpoint-1"
+
+# Normalisation on the 0..1 scale, per base channel.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# BN-Inception (Caffe) expects 0..255 input minus a per-channel mean, BGR [104, 117, 128];
+# our frames are RGB, so the mean is given in RGB order and std 1/255 rescales to 0..255.
+BNINCEPTION_MEAN = (128 / 255, 117 / 255, 104 / 255)
+BNINCEPTION_STD = (1 / 255, 1 / 255, 1 / 255)
+
+
+def default_new_length(modality: str) -> int:
+    return 1 if modality == "rgb" else 5
+
+
+def default_dropout(modality: str) -> float:
+    """TSN: 0.8 before the classifier for RGB (and RGB difference), 0.7 for flow."""
+    return 0.7 if modality in ("flow", "warped") else 0.8
+
+
+def default_normalisation(arch: str, modality: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """(mean, std) per base channel for ``arch`` and ``modality`` (tsn-pytorch's choices).
+
+    Flow is quantised around 128, so its mean is 0.5 (128/255); for ResNets its std is the
+    mean of ImageNet's stds. RGB difference frames use the RGB statistics (the mean cancels
+    in the difference; the std scales it).
+    """
+    if arch == "bninception":
+        if modality in ("flow", "warped"):
+            return (128 / 255,) * 2, (1 / 255,) * 2
+        return BNINCEPTION_MEAN, BNINCEPTION_STD
+    if modality in ("flow", "warped"):
+        s = sum(IMAGENET_STD) / 3
+        return (0.5, 0.5), (s, s)
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a TSN model; stored (as JSON) in every checkpoint.
+
+    ``None`` fields are resolved from the modality/arch in ``__post_init__``: ``new_length``
+    (1 RGB, 5 otherwise), ``dropout`` (0.8 RGB/RGB-diff, 0.7 flow), ``mean``/``std``.
+    ``pretrained`` is the path of a local torchvision-format state dict (never downloaded);
+    ``cross_modality_init`` adapts its first conv to non-RGB input.
+    """
+
+    arch: str = "resnet50"
+    modality: str = "rgb"
+    num_classes: int = 101
+    num_segments: int = 3
+    new_length: Optional[int] = None
+    consensus: str = "avg"
+    dropout: Optional[float] = None
+    partial_bn: bool = True
+    pretrained: Optional[str] = None
+    cross_modality_init: bool = True
+    input_size: int = 224
+    mean: Optional[Tuple[float, ...]] = None
+    std: Optional[Tuple[float, ...]] = None
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch {self.arch!r} is not supported; supported: {', '.join(ARCHS)}")
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality {self.modality!r} is not supported; supported: "
+                             f"{', '.join(MODALITIES)}")
+        if self.consensus not in CONSENSUS:
+            raise ValueError(f"consensus {self.consensus!r} is not supported; supported: "
+                             f"{', '.join(CONSENSUS)} (taken before softmax)")
+        if int(self.num_classes) < 1:
+            raise ValueError(f"num_classes={self.num_classes} must be >= 1")
+        if int(self.num_segments) < 1:
+            raise ValueError(f"num_segments={self.num_segments} must be >= 1")
+        if self.new_length is None:
+            set_("new_length", default_new_length(self.modality))
+        if int(self.new_length) < 1:
+            raise ValueError(f"new_length={self.new_length} must be >= 1")
+        if self.modality == "rgb" and self.new_length != 1:
+            raise ValueError(f"modality rgb takes one frame per snippet (new_length=1), got "
+                             f"{self.new_length}; use rgbdiff for stacks of frames")
+        if self.dropout is None:
+            set_("dropout", default_dropout(self.modality))
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if int(self.input_size) < 32:
+            raise ValueError(f"input_size={self.input_size} must be >= 32")
+        mean, std = default_normalisation(self.arch, self.modality)
+        set_("mean", tuple(float(v) for v in (self.mean if self.mean is not None else mean)))
+        set_("std", tuple(float(v) for v in (self.std if self.std is not None else std)))
+        if len(self.mean) != self.base_channels or len(self.std) != self.base_channels:
+            raise ValueError(f"{self.modality}: mean and std need {self.base_channels} values, "
+                             f"got {self.mean} and {self.std}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std {self.std} must be positive")
+        for k in ("num_classes", "num_segments", "new_length", "input_size"):
+            set_(k, int(getattr(self, k)))
+        set_("dropout", float(self.dropout))
+
+    @property
+    def base_channels(self) -> int:
+        """Channels of one frame/field: 3 (RGB) or 2 (flow x, y)."""
+        return 2 if self.modality in ("flow", "warped") else 3
+
+    @property
+    def snippet_length(self) -> int:
+        """Frames/fields read per snippet (``new_length``, +1 for RGB difference)."""
+        return self.new_length + 1 if self.modality == "rgbdiff" else self.new_length
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of one snippet as given to ``TSN.forward``."""
+        return self.base_channels * self.snippet_length
+
+    @property
+    def backbone_channels(self) -> int:
+        """Channels of the backbone's first conv (``3 * new_length`` for RGB difference)."""
+        return self.base_channels * self.new_length
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
+        d = dict(d)
+        for k in ("mean", "std"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def cross_modality_init(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """TSN's cross-modality initialisation of a first conv ``(O, 3, kh, kw)`` weight.
+
+    Averages the kernels over the RGB input channels and replicates the mean to
+    ``in_channels`` (``2 * new_length`` for flow, ``3 * new_length`` for RGB difference):
+    returns ``(O, in_channels, kh, kw)``. Pure: the input is not modified.
+    """
+    if weight.dim() != 4:
+        raise ValueError(f"expected a conv weight (O, I, kh, kw), got shape {tuple(weight.shape)}")
+    if int(in_channels) < 1:
+        raise ValueError(f"in_channels={in_channels} must be >= 1")
+    mean = weight.mean(dim=1, keepdim=True)
+    return mean.expand(-1, int(in_channels), -1, -1).contiguous().clone()
+
+
+# -- backbones ----------------------------------------------------------------------------
+class Backbone(nn.Module):
+    """The small interface TSN needs from a 2D network.
+
+    ``features(x)``: ``(N, C, H, W) -> (N, num_features)`` globally pooled features.
+    ``first_conv``: name of the first conv module (e.g. ``"conv1"``), whose input channels
+    ``set_in_channels`` changes. ``classifier_prefix``: state-dict prefix of the ImageNet
+    classifier, dropped when loading pretrained weights.
+    """
+
+    num_features: int
+    first_conv: str
+    classifier_prefix: str = "fc."
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x):
+        return self.features(x)
+
+    def set_in_channels(self, in_channels: int) -> None:
+        conv = self.get_submodule(self.first_conv)
+        if conv.in_channels == in_channels:
+            return
+        new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                        conv.padding, conv.dilation, conv.groups, conv.bias is not None)
+        parent_name, _, child = self.first_conv.rpartition(".")
+        parent = self.get_submodule(parent_name) if parent_name else self
+        setattr(parent, child, new)
+
+
+class ResNetBackbone(Backbone):
+    """torchvision ResNet without its ``fc``; state-dict names as torchvision's."""
+
+    first_conv = "conv1"
+    _LAYOUT = {"resnet10": ("basic", [1, 1, 1, 1]), "resnet18": ("basic", [2, 2, 2, 2]),
+               "resnet34": ("basic", [3, 4, 6, 3]), "resnet50": ("bottleneck", [3, 4, 6, 3]),
+               "resnet101": ("bottleneck", [3, 4, 23, 3])}
+
+    def __init__(self, arch: str):
+        super().__init__()
+        from torchvision.models import resnet as tvr
+
+        block, layers = self._LAYOUT[arch]
+        net = tvr.ResNet(tvr.BasicBlock if block == "basic" else tvr.Bottleneck, layers)
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+            setattr(self, name, getattr(net, name))
+        self.num_features = net.fc.in_features
+
+    def features(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+
+class BasicConv2d(nn.Module):
+    """conv (no bias) + BatchNorm + ReLU, named like torchvision's googlenet/inception."""
+
+    def __init__(self, cin: int, cout: int, **kw):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, bias=False, **kw)
+        self.bn = nn.BatchNorm2d(cout, eps=1e-5)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+
+class InceptionBN(nn.Module):
+    """One BN-Inception block: 1x1 | 1x1->3x3 | 1x1->3x3->3x3 | pool(->1x1), concatenated.
+
+    Stride-2 blocks (3c, 4e) have no 1x1 branch and a bare max-pool branch.
+    """
+
+    def __init__(self, cin, c1, c3r, c3, cd3r, cd3, pool, proj, stride=1):
+        super().__init__()
+        self.stride = stride
+        self.branch1 = BasicConv2d(cin, c1, kernel_size=1) if c1 else None
+        self.branch2 = nn.Sequential(BasicConv2d(cin, c3r, kernel_size=1),
+                                     BasicConv2d(c3r, c3, kernel_size=3, stride=stride, padding=1))
+        self.branch3 = nn.Sequential(BasicConv2d(cin, cd3r, kernel_size=1),
+                                     BasicConv2d(cd3r, cd3, kernel_size=3, padding=1),
+                                     BasicConv2d(cd3, cd3, kernel_size=3, stride=stride, padding=1))
+        if stride == 1:
+            p = (nn.AvgPool2d(3, 1, 1, ceil_mode=True, count_include_pad=True) if pool == "avg"
+                 else nn.MaxPool2d(3, 1, 1, ceil_mode=True))
+            self.branch4 = nn.Sequential(p, BasicConv2d(cin, proj, kernel_size=1))
+        else:
+            self.branch4 = nn.Sequential(nn.MaxPool2d(3, 2, ceil_mode=True))
+        self.out_channels = (c1 or 0) + c3 + cd3 + (proj if stride == 1 else cin)
+
+    def forward(self, x):
+        outs = [] if self.branch1 is None else [self.branch1(x)]
+        outs += [self.branch2(x), self.branch3(x), self.branch4(x)]
+        if self.stride != 1:   # ceil-mode pooling may be one pixel larger than the convs
+            h = min(o.shape[-2] for o in outs)
+            w = min(o.shape[-1] for o in outs)
+            outs = [o[..., :h, :w] for o in outs]
+        return torch.cat(outs, 1)
+
+
+class BNInceptionBackbone(Backbone):
+    """BN-Inception (the TSN paper's backbone), 1024-d features, for current PyTorch.
+
+    Layer widths follow the Caffe model TSN released (bn_inception); names are
+    torchvision-style: ``conv1``, ``conv2`` (1x1 reduce), ``conv3`` (3x3), ``inception3a`` ..
+    ``inception5b``, each with ``branch1..4``. The Caffe convs carried biases; ours do not
+    (a BatchNorm follows every conv), so a converted Caffe model folds them into BN.
+    """
+
+    first_conv = "conv1.conv"
+    # cin, 1x1, 3x3 reduce, 3x3, double 3x3 reduce, double 3x3, pool, proj, stride
+    _BLOCKS = [
+        ("inception3a", 192, 64, 64, 64, 64, 96, "avg", 32, 1),
+        ("inception3b", 256, 64, 64, 96, 64, 96, "avg", 64, 1),
+        ("inception3c", 320, 0, 128, 160, 64, 96, "max", 0, 2),
+        ("inception4a", 576, 224, 64, 96, 96, 128, "avg", 128, 1),
+        ("inception4b", 576, 192, 96, 128, 96, 128, "avg", 128, 1),
+        ("inception4c", 576, 160, 128, 160, 128, 160, "avg", 128, 1),
+        ("inception4d", 608, 96, 128, 192, 160, 192, "avg", 128, 1),
+        ("inception4e", 608, 0, 128, 192, 192, 256, "max", 0, 2),
+        ("inception5a", 1056, 352, 192, 320, 160, 224, "avg", 128, 1),
+        ("inception5b", 1024, 352, 192, 320, 192, 224, "max", 128, 1),
+    ]
+
+    def __init__(self, arch: str = "bninception"):
+        super().__init__()
+        self.conv1 = BasicConv2d(3, 64, kernel_size=7, stride=2, padding=3)
+        self.maxpool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2 = BasicConv2d(64, 64, kernel_size=1)
+        self.conv3 = BasicConv2d(64, 192, kernel_size=3, padding=1)
+        self.maxpool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        names = []
+        for name, *spec in self._BLOCKS:
+            block = InceptionBN(*spec)
+            setattr(self, name, block)
+            names.append(name)
+        self._names = names
+        self.num_features = 1024
+
+    def features(self, x):
+        x = self.maxpool1(self.conv1(x))
+        x = self.maxpool2(self.conv3(self.conv2(x)))
+        for name in self._names:
+            x = getattr(self, name)(x)
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+
+def build_backbone(arch: str) -> Backbone:
+    """``arch`` -> randomly initialised ``Backbone`` (see ``ARCHS``)."""
+    if arch in ResNetBackbone._LAYOUT:
+        return ResNetBackbone(arch)
+    if arch == "bninception":
+        return BNInceptionBackbone()
+    raise ValueError(f"arch {arch!r} is not supported; supported: {', '.join(ARCHS)}")
+
+
+def load_pretrained(backbone: Backbone, path: str, in_channels: int,
+                    cross_modality: bool = True) -> Dict[str, Any]:
+    """Load an ImageNet state dict (torchvision format) from a local file into ``backbone``.
+
+    The classifier (``fc.*``) is dropped. When the file's first conv has 3 input channels and
+    the backbone takes ``in_channels != 3``, the weight is adapted with
+    ``cross_modality_init`` (or the error says to enable it). Returns a small report.
+    """
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"pretrained weights file {path!r} does not exist; tsn-pipeline never downloads "
+            "weights: save a torchvision state dict first, e.g. "
+            "torch.save(torchvision.models.resnet50(weights='DEFAULT').state_dict(), 'r50.pth')")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a state dict of tensors (torchvision format expected)")
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith(backbone.classifier_prefix)}
+    key = backbone.first_conv + ".weight"
+    adapted = False
+    if key in state and state[key].shape[1] != in_channels:
+        if state[key].shape[1] == 3 and cross_modality:
+            state[key] = cross_modality_init(state[key], in_channels)
+            adapted = True
+        else:
+            raise ValueError(f"{path}: first conv {key} has {state[key].shape[1]} input channels, "
+                             f"the model takes {in_channels}; enable cross-modality init "
+                             "(3-channel ImageNet weights) or give matching weights")
+    own = backbone.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit {type(backbone).__name__}: missing "
+                         f"{missing[:8]}{'...' if len(missing) > 8 else ''}, unexpected "
+                         f"{unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
+    bad = [k for k in own if own[k].shape != state[k].shape]
+    if bad:
+        raise ValueError(f"{path}: shapes differ for {bad[:5]} (e.g. {bad[0]}: file "
+                         f"{tuple(state[bad[0]].shape)}, model {tuple(own[bad[0]].shape)})")
+    backbone.load_state_dict(state, strict=True)
+    return {"path": path, "tensors": len(state), "cross_modality_init": adapted}
+
+
+# -- TSN ----------------------------------------------------------------------------------
+class TSN(nn.Module):
+    """Temporal Segment Network over a shared ``Backbone``; see the module docstring."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.base = build_backbone(cfg.arch)
+        self.pretrained_report: Optional[Dict[str, Any]] = None
+        if cfg.pretrained:
+            self.pretrained_report = load_pretrained(
+                self.base, cfg.pretrained, cfg.backbone_channels, cfg.cross_modality_init)
+        self.base.set_in_channels(cfg.backbone_channels)
+        self.dropout = nn.Dropout(p=cfg.dropout)
+        self.fc = nn.Linear(self.base.num_features, cfg.num_classes)
+        nn.init.normal_(self.fc.weight, 0.0, 0.001)     # tsn-pytorch's new classifier init
+        nn.init.zeros_(self.fc.bias)
+        if cfg.partial_bn:
+            for bn in self.frozen_bns():
+                for p in bn.parameters():
+                    p.requires_grad_(False)
+
+    # -- partial BN -----------------------------------------------------------------------
+    def batchnorms(self) -> List[nn.modules.batchnorm._BatchNorm]:
+        return [m for m in self.base.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def frozen_bns(self) -> List[nn.modules.batchnorm._BatchNorm]:
+        """Every BatchNorm after the first when partial BN is on, else none."""
+        return self.batchnorms()[1:] if self.cfg.partial_bn else []
+
+    def train(self, mode: bool = True):
+        """Like ``nn.Module.train``; with partial BN the frozen BNs always stay in eval mode."""
+        super().train(mode)
+        if mode:
+            for bn in self.frozen_bns():
+                bn.eval()
+        return self
+
+    # -- forward --------------------------------------------------------------------------
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, input_channels, H, W)`` -> backbone input (RGB differences computed here)."""
+        if x.shape[1] != self.cfg.input_channels:
+            raise ValueError(f"{self.cfg.modality} snippets need {self.cfg.input_channels} "
+                             f"channels, got input of shape {tuple(x.shape)}")
+        if self.cfg.modality == "rgbdiff":
+            n, _, h, w = x.shape
+            v = x.reshape(n, self.cfg.new_length + 1, 3, h, w)
+            x = (v[:, 1:] - v[:, :-1]).reshape(n, 3 * self.cfg.new_length, h, w)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` snippets -> ``(N, D)`` pooled backbone features (before dropout)."""
+        return self.base.features(self._prepare(x))
+
+    def forward_snippets(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` snippets -> ``(N, num_classes)`` per-snippet scores (no consensus)."""
+        return self.fc(self.dropout(self.forward_features(x)))
+
+    def consensus(self, scores: torch.Tensor) -> torch.Tensor:
+        """``(B, K, num_classes)`` -> ``(B, num_classes)``: mean or max over the K snippets."""
+        if self.cfg.consensus == "avg":
+            return scores.mean(dim=1)
+        return scores.amax(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, K, C, H, W)`` -> ``(B, num_classes)`` consensus scores before softmax."""
+        if x.dim() != 5:
+            raise ValueError(f"TSN.forward takes (B, K, C, H, W), got shape {tuple(x.shape)}")
+        b, k = x.shape[:2]
+        scores = self.forward_snippets(x.flatten(0, 1))
+        return self.consensus(scores.view(b, k, -1))
+
+    # -- optimisation ---------------------------------------------------------------------
+    def param_groups(self) -> List[Dict[str, Any]]:
+        """TSN's parameter groups with ``lr_mult`` / ``decay_mult`` (TSN_NOTES.md).
+
+        first conv weight 5/1 for flow and warped (1/1 otherwise), first conv bias 10/0 for
+        flow (2/0 otherwise), other conv/linear weights 1/1, other biases 2/0, BN parameters
+        1/0. Every trainable parameter is in exactly one group; frozen (partial BN) ones in
+        none. Groups without parameters are left out.
+        """
+        flow = self.cfg.modality in ("flow", "warped")
+        first = self.base.first_conv
+        groups = {"first_conv_weight": ([], 5.0 if flow else 1.0, 1.0),
+                  "first_conv_bias": ([], 10.0 if flow else 2.0, 0.0),
+                  "normal_weight": ([], 1.0, 1.0),
+                  "normal_bias": ([], 2.0, 0.0),
+                  "bn": ([], 1.0, 0.0)}
+        for mname, module in self.named_modules():
+            own = list(module.named_parameters(recurse=False))
+            if not own:
+                continue
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                kind = "bn"
+            elif isinstance(module, (nn.Conv2d, nn.Linear)):
+                kind = None
+            else:
+                raise TypeError(f"param_groups: no rule for parameters of {mname} "
+                                f"({type(module).__name__})")
+            for pname, p in own:
+                if not p.requires_grad:
+                    continue
+                if kind == "bn":
+                    groups["bn"][0].append(p)
+                elif mname == "base." + first:
+                    groups["first_conv_" + ("weight" if pname == "weight" else "bias")][0].append(p)
+                else:
+                    groups["normal_" + ("weight" if pname == "weight" else "bias")][0].append(p)
+        return [{"name": n, "params": ps, "lr_mult": lr, "decay_mult": dm}
+                for n, (ps, lr, dm) in groups.items() if ps]
+
+
+def build_model(cfg: ModelConfig) -> TSN:
+    """A TSN for ``cfg`` (ImageNet weights from ``cfg.pretrained`` if given), in train mode."""
+    return TSN(cfg)
+
+
+def load_checkpoint(path, map_location="cpu") -> Tuple[TSN, ModelConfig, Dict[str, Any]]:
+    """Checkpoint of ``tsn train`` -> ``(model in eval mode, ModelConfig, train config dict)``.
+
+    Loaded with ``torch.load(weights_only=True)``: configs are stored as JSON strings. The
+    model is rebuilt without reading the ImageNet file again (its weights are in the
+    checkpoint).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!s} does not exist")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a tsn-pipeline checkpoint (format "
+                         f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt)!r}, "
+                         f"expected {CHECKPOINT_FORMAT!r})")
+    cfg = ModelConfig.from_dict(json.loads(ckpt["model_config"]))
+    model = build_model(_without_pretrained(cfg))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    if map_location not in (None, "cpu") and not callable(map_location):
+        model.to(map_location)
+    return model, cfg, json.loads(ckpt.get("train_config") or "{}")
+
+
+def _without_pretrained(cfg: ModelConfig) -> ModelConfig:
+    from dataclasses import replace
+
+    return replace(cfg, pretrained=None)
+
+
+def count_parameters(model: nn.Module) -> Tuple[int, int]:
+    """(all, trainable) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, train

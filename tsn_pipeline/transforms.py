@@ -1,0 +1,334 @@
+"""Group transforms for TSN clips: one set of random parameters per clip, applied to all of it.
+
+Reads/writes nothing on disk: uint8 clips in, uint8 clips (or normalised float tensors) out.
+
+Clip layouts (what ``tsn_pipeline.data.load_clip`` returns), with any leading axes:
+
+* ``"hwc"`` (RGB, RGB difference): ``(..., H, W, 3)`` uint8 RGB.
+* ``"flow"`` (flow, warped flow): ``(..., 2, H, W)`` uint8, channel ``FLOW_X`` = 0 is the x
+  component, ``FLOW_Y`` = 1 is y, quantised 0..255 around 128 (float flow also accepted).
+
+Every transform follows torchvision v2's pattern: ``make_params(shape, rng)`` draws the random
+parameters once, ``apply(clip, params)`` is deterministic; ``__call__(clip, rng)`` does both.
+A horizontal flip of flow mirrors the images AND inverts the x component (``255 - x``), by
+name, not by position in a list (mmaction2's ``Flip`` inverted every other image instead).
+
+Resizing flow resizes the quantised images as TSN does: flow values are not rescaled with the
+image (a flow field resized from 340 to 224 px keeps its pixel displacements). This matches
+the released models; rescaling would change their input distribution.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+LAYOUTS = ("hwc", "flow")
+FLOW_X, FLOW_Y = 0, 1
+# TSN's scale set (ratios of the short side) for multi-scale cropping.
+RGB_SCALES = (1.0, 0.875, 0.75, 0.66)
+FLOW_SCALES = (1.0, 0.875, 0.75)
+
+
+def layout_of(modality: str) -> str:
+    """``"flow"`` for flow/warped, ``"hwc"`` for rgb/rgbdiff."""
+    if modality in ("flow", "warped"):
+        return "flow"
+    if modality in ("rgb", "rgbdiff"):
+        return "hwc"
+    raise ValueError(f"unknown modality {modality!r}; expected rgb, flow, warped or rgbdiff")
+
+
+def _check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of {LAYOUTS}")
+    return layout
+
+
+def spatial_size(clip: np.ndarray, layout: str) -> Tuple[int, int]:
+    """``(H, W)`` of a clip."""
+    if layout == "hwc":
+        return int(clip.shape[-3]), int(clip.shape[-2])
+    return int(clip.shape[-2]), int(clip.shape[-1])
+
+
+def crop(clip: np.ndarray, layout: str, top: int, left: int, height: int, width: int) -> np.ndarray:
+    """The window ``[top:top+height, left:left+width]`` of every image of the clip."""
+    h, w = spatial_size(clip, layout)
+    if top < 0 or left < 0 or top + height > h or left + width > w:
+        raise ValueError(f"crop {height}x{width} at (top={top}, left={left}) does not fit a "
+                         f"{h}x{w} image")
+    if layout == "hwc":
+        return clip[..., top:top + height, left:left + width, :]
+    return clip[..., top:top + height, left:left + width]
+
+
+def resize(clip: np.ndarray, layout: str, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of every image to ``height x width`` (one OpenCV call per 512 planes)."""
+    import cv2
+
+    h, w = spatial_size(clip, layout)
+    if (h, w) == (height, width):
+        return clip
+    if layout == "hwc":
+        lead = clip.shape[:-3]
+        planes = clip.reshape((-1, h, w, clip.shape[-1]))              # (M, h, w, C)
+        c = planes.shape[-1]
+        planes = np.ascontiguousarray(planes.transpose(1, 2, 0, 3).reshape(h, w, -1))
+    else:
+        lead = clip.shape[:-2]
+        planes = np.ascontiguousarray(clip.reshape((-1, h, w)).transpose(1, 2, 0))  # (h, w, M)
+    chunks = []
+    for start in range(0, planes.shape[-1], 512):   # cv2.resize takes at most 512 channels
+        part = cv2.resize(planes[..., start:start + 512], (width, height),
+                          interpolation=cv2.INTER_LINEAR)
+        chunks.append(part.reshape(height, width, -1))
+    out = np.concatenate(chunks, axis=-1) if len(chunks) > 1 else chunks[0]
+    if layout == "hwc":
+        out = out.reshape(height, width, -1, c).transpose(2, 0, 1, 3)
+        return np.ascontiguousarray(out.reshape(lead + (height, width, c)))
+    return np.ascontiguousarray(out.transpose(2, 0, 1).reshape(lead + (height, width)))
+
+
+def hflip(clip: np.ndarray, layout: str) -> np.ndarray:
+    """Mirror left-right; for flow also invert x (``255 - x`` on uint8, ``-x`` on float)."""
+    out = np.ascontiguousarray(clip[..., ::-1, :] if layout == "hwc" else clip[..., ::-1])
+    if layout == "flow":
+        x = out[..., FLOW_X, :, :]
+        out[..., FLOW_X, :, :] = 255 - x if out.dtype == np.uint8 else -x
+    return out
+
+
+def fix_offsets(image_w: int, image_h: int, crop_w: int, crop_h: int,
+                more_fix_crop: bool = True) -> List[Tuple[int, int]]:
+    """TSN's fixed crop positions ``(left, top)``: 4 corners + centre (+ 8 more if asked).
+
+    With ``w = (image_w - crop_w) // 4`` and ``h = (image_h - crop_h) // 4``:
+    ``(0,0) (4w,0) (0,4h) (4w,4h) (2w,2h)``, then ``(0,2h) (4w,2h) (2w,4h) (2w,0)
+    (w,h) (3w,h) (w,3h) (3w,3h)``.
+    """
+    w = (image_w - crop_w) // 4
+    h = (image_h - crop_h) // 4
+    out = [(0, 0), (4 * w, 0), (0, 4 * h), (4 * w, 4 * h), (2 * w, 2 * h)]
+    if more_fix_crop:
+        out += [(0, 2 * h), (4 * w, 2 * h), (2 * w, 4 * h), (2 * w, 0),
+                (w, h), (3 * w, h), (w, 3 * h), (3 * w, 3 * h)]
+    return out
+
+
+def crop_size_pairs(image_w: int, image_h: int, output_size: int, scales: Sequence[float],
+                    max_distort: int = 1) -> List[Tuple[int, int]]:
+    """Candidate ``(crop_w, crop_h)`` of TSN's multi-scale crop.
+
+    Sizes are ``int(short_side * s)``, snapped to ``output_size`` when within 3 px; width and
+    height indices may differ by at most ``max_distort``. For a 340x256 frame and 224 output:
+    sizes 256, 224, 192, 168.
+    """
+    base = min(image_w, image_h)
+    sizes = [int(base * s) for s in scales]
+    sizes = [output_size if abs(s - output_size) < 3 else s for s in sizes]
+    return [(w, h) for i, h in enumerate(sizes) for j, w in enumerate(sizes)
+            if abs(i - j) <= max_distort]
+
+
+class GroupTransform:
+    """Base: ``make_params`` once per clip, ``apply`` to the whole clip."""
+
+    layout: str = "hwc"
+
+    def make_params(self, shape: Tuple[int, ...], rng: Optional[np.random.Generator]):
+        return None
+
+    def apply(self, clip: np.ndarray, params) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, clip: np.ndarray, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+        return self.apply(clip, self.make_params(clip.shape, rng))
+
+    def __repr__(self):
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+def _need_rng(rng, who: str) -> np.random.Generator:
+    if rng is None:
+        raise ValueError(f"{who} is random: pass rng=np.random.default_rng(seed)")
+    return rng
+
+
+class MultiScaleCrop(GroupTransform):
+    """TSN's corner cropping + scale jittering, then resize to ``size x size``.
+
+    Crop width and height from ``crop_size_pairs`` (scales ``RGB_SCALES`` or ``FLOW_SCALES``),
+    placed at one of ``fix_offsets`` (13 with ``more_fix_crop``), or anywhere when
+    ``fix_crop=False``. Params: ``(left, top, crop_w, crop_h)``.
+    """
+
+    def __init__(self, size: int, layout: str = "hwc", scales: Optional[Sequence[float]] = None,
+                 max_distort: int = 1, fix_crop: bool = True, more_fix_crop: bool = True):
+        self.size = int(size)
+        self.layout = _check_layout(layout)
+        if scales is None:
+            scales = FLOW_SCALES if layout == "flow" else RGB_SCALES
+        self.scales = tuple(float(s) for s in scales)
+        self.max_distort = int(max_distort)
+        self.fix_crop = bool(fix_crop)
+        self.more_fix_crop = bool(more_fix_crop)
+
+    def make_params(self, shape, rng):
+        rng = _need_rng(rng, "MultiScaleCrop")
+        h, w = (shape[-3], shape[-2]) if self.layout == "hwc" else (shape[-2], shape[-1])
+        pairs = crop_size_pairs(w, h, self.size, self.scales, self.max_distort)
+        cw, ch = pairs[int(rng.integers(len(pairs)))]
+        cw, ch = min(cw, w), min(ch, h)
+        if self.fix_crop:
+            offsets = fix_offsets(w, h, cw, ch, self.more_fix_crop)
+            left, top = offsets[int(rng.integers(len(offsets)))]
+        else:
+            left = int(rng.integers(0, w - cw + 1))
+            top = int(rng.integers(0, h - ch + 1))
+        return int(left), int(top), int(cw), int(ch)
+
+    def apply(self, clip, params):
+        left, top, cw, ch = params
+        return resize(crop(clip, self.layout, top, left, ch, cw), self.layout, self.size, self.size)
+
+
+class RandomHorizontalFlip(GroupTransform):
+    """Flip the whole clip with probability ``p`` (flow x inverted). Params: bool."""
+
+    def __init__(self, layout: str = "hwc", p: float = 0.5):
+        self.layout = _check_layout(layout)
+        self.p = float(p)
+
+    def make_params(self, shape, rng):
+        return bool(_need_rng(rng, "RandomHorizontalFlip").random() < self.p)
+
+    def apply(self, clip, params):
+        return hflip(clip, self.layout) if params else clip
+
+
+class Resize(GroupTransform):
+    """Resize so the short side is ``size`` (keeps aspect; TSN's ``GroupScale(256)``)."""
+
+    def __init__(self, size: int, layout: str = "hwc"):
+        self.size = int(size)
+        self.layout = _check_layout(layout)
+
+    def apply(self, clip, params):
+        h, w = spatial_size(clip, self.layout)
+        if h <= w:
+            nh, nw = self.size, int(round(w * self.size / h))
+        else:
+            nh, nw = int(round(h * self.size / w)), self.size
+        return resize(clip, self.layout, nh, nw)
+
+
+class CenterCrop(GroupTransform):
+    """Centre ``size x size`` window (offset ``(H - size) // 2``); no crop axis added."""
+
+    def __init__(self, size: int, layout: str = "hwc"):
+        self.size = int(size)
+        self.layout = _check_layout(layout)
+
+    def apply(self, clip, params):
+        h, w = spatial_size(clip, self.layout)
+        s = self.size
+        return crop(clip, self.layout, (h - s) // 2, (w - s) // 2, s, s)
+
+
+class TenCrop(GroupTransform):
+    """Test-time 10 crops: 4 corners + centre (TSN's fixed offsets), then their mirror images.
+
+    Returns a new leading crop axis: ``(10, ...)``; crops 5..9 are the flips of 0..4, with
+    flow x inverted.
+    """
+
+    def __init__(self, size: int, layout: str = "hwc", flip: bool = True):
+        self.size = int(size)
+        self.layout = _check_layout(layout)
+        self.flip = bool(flip)
+
+    def apply(self, clip, params):
+        h, w = spatial_size(clip, self.layout)
+        s = self.size
+        crops = [crop(clip, self.layout, top, left, s, s)
+                 for left, top in fix_offsets(w, h, s, s, more_fix_crop=False)]
+        if self.flip:
+            crops += [hflip(c, self.layout) for c in crops]
+        return np.stack(crops)
+
+
+class ThreeCrop(GroupTransform):
+    """Three ``size x size`` crops along the long side (start, centre, end), crop axis first."""
+
+    def __init__(self, size: int, layout: str = "hwc"):
+        self.size = int(size)
+        self.layout = _check_layout(layout)
+
+    def apply(self, clip, params):
+        h, w = spatial_size(clip, self.layout)
+        s = self.size
+        if w >= h:
+            boxes = [((h - s) // 2, x) for x in (0, (w - s) // 2, w - s)]
+        else:
+            boxes = [(y, (w - s) // 2) for y in (0, (h - s) // 2, h - s)]
+        return np.stack([crop(clip, self.layout, top, left, s, s) for top, left in boxes])
+
+
+class Compose(GroupTransform):
+    """Apply transforms in order, each drawing its own parameters from the same ``rng``."""
+
+    def __init__(self, transforms: Sequence[GroupTransform]):
+        self.transforms = list(transforms)
+
+    def __call__(self, clip, rng=None):
+        for t in self.transforms:
+            clip = t(clip, rng)
+        return clip
+
+
+def train_transform(modality: str, input_size: int = 224) -> Compose:
+    """TSN training augmentation: multi-scale corner crop -> ``input_size``, random flip."""
+    layout = layout_of(modality)
+    return Compose([MultiScaleCrop(input_size, layout), RandomHorizontalFlip(layout)])
+
+
+def eval_transform(modality: str, input_size: int = 224, crops: str = "center",
+                   scale_size: Optional[int] = None) -> Compose:
+    """Test/validation: short side -> ``scale_size`` (``input_size * 256 // 224``), then crops.
+
+    ``crops``: ``"center"`` (no crop axis), ``"three"`` or ``"ten"`` (leading crop axis).
+    """
+    layout = layout_of(modality)
+    scale_size = int(scale_size or input_size * 256 // 224)
+    kinds = {"center": CenterCrop, "three": ThreeCrop, "ten": TenCrop}
+    if crops not in kinds:
+        raise ValueError(f"crops={crops!r}; expected one of {sorted(kinds)}")
+    return Compose([Resize(scale_size, layout), kinds[crops](input_size, layout)])
+
+
+def normalize(clip: np.ndarray, modality: str, mean: Sequence[float], std: Sequence[float]):
+    """uint8 clip -> normalised float32 torch tensor in the model's layout.
+
+    ``clip``: RGB ``(..., S, L, H, W, 3)``, flow ``(..., S, L, 2, H, W)``, RGB difference
+    ``(..., S, L+1, H, W, 3)`` (any leading axes, e.g. crops). Returns ``(..., S, C, H, W)``
+    with ``C = 3L`` (frame-major: r0 g0 b0 r1 ...), ``2L`` (x0 y0 x1 y1 ..., TSN's interleaving)
+    or ``3(L+1)``. Values are ``(v / 255 - mean[c]) / std[c]`` with ``mean``/``std`` given per
+    base channel (3 for RGB, 2 for flow) on the 0..1 scale.
+    """
+    import torch
+
+    layout = layout_of(modality)
+    x = torch.from_numpy(np.ascontiguousarray(clip))
+    if layout == "hwc":
+        x = x.movedim(-1, -3)                   # (..., S, L, 3, H, W)
+    base = x.shape[-3]
+    if len(mean) != base or len(std) != base:
+        raise ValueError(f"{modality}: mean/std need {base} values (one per channel), got "
+                         f"{len(mean)} and {len(std)}")
+    m = torch.tensor(mean, dtype=torch.float32).view(base, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(base, 1, 1)
+    x = (x.to(torch.float32) / 255.0 - m) / s
+    return x.reshape(x.shape[:-4] + (x.shape[-4] * base,) + x.shape[-2:])
