@@ -77,7 +77,10 @@ class ModelConfig:
     ``None`` fields are resolved from the modality/arch in ``__post_init__``: ``new_length``
     (1 RGB, 5 otherwise), ``dropout`` (0.8 RGB/RGB-diff, 0.7 flow), ``mean``/``std``.
     ``pretrained`` is the path of a local torchvision-format state dict (never downloaded);
-    ``cross_modality_init`` adapts its first conv to non-RGB input.
+    ``cross_modality_init`` adapts its first conv to non-RGB input. ``partial_bn`` freezes
+    every BatchNorm after the first; ``freeze_bn`` freezes all of them (statistics and affine
+    parameters), so that a sample's output does not depend on the rest of its batch (used
+    to check DDP against one process on CPU, where PyTorch has no SyncBatchNorm).
     """
 
     arch: str = "resnet50"
@@ -88,6 +91,7 @@ class ModelConfig:
     consensus: str = "avg"
     dropout: Optional[float] = None
     partial_bn: bool = True
+    freeze_bn: bool = False
     pretrained: Optional[str] = None
     cross_modality_init: bool = True
     input_size: int = 224
@@ -404,7 +408,8 @@ class TSN(nn.Module):
         self.fc = nn.Linear(self.base.num_features, cfg.num_classes)
         nn.init.normal_(self.fc.weight, 0.0, 0.001)     # tsn-pytorch's new classifier init
         nn.init.zeros_(self.fc.bias)
-        if cfg.partial_bn:
+        self.channels_last = False      # set by the trainer: backbone input in NHWC
+        if cfg.partial_bn or cfg.freeze_bn:
             for bn in self.frozen_bns():
                 for p in bn.parameters():
                     p.requires_grad_(False)
@@ -414,7 +419,9 @@ class TSN(nn.Module):
         return [m for m in self.base.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     def frozen_bns(self) -> List[nn.modules.batchnorm._BatchNorm]:
-        """Every BatchNorm after the first when partial BN is on, else none."""
+        """All BatchNorms with ``freeze_bn``; every one after the first with ``partial_bn``."""
+        if self.cfg.freeze_bn:
+            return self.batchnorms()
         return self.batchnorms()[1:] if self.cfg.partial_bn else []
 
     def train(self, mode: bool = True):
@@ -435,6 +442,8 @@ class TSN(nn.Module):
             n, _, h, w = x.shape
             v = x.reshape(n, self.cfg.new_length + 1, 3, h, w)
             x = (v[:, 1:] - v[:, :-1]).reshape(n, 3 * self.cfg.new_length, h, w)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

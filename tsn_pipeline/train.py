@@ -1,0 +1,587 @@
+"""Train one TSN stream (rgb, flow, warped or rgbdiff) from frame/flow shards.
+
+Reads frame shards and/or flow shards (and optionally a list CSV with splits); writes a run
+folder::
+
+    <out>/checkpoint.pt     latest state (model, optimizer, scheduler, RNG, epoch, configs)
+    <out>/best.pt           the checkpoint with the best validation top-1 (when validating)
+    <out>/metrics.jsonl     one JSON line per epoch: loss, top-1, val loss/top-1, lr, clips/s
+    <out>/metrics.png       the curves (matplotlib, Agg)
+    <out>/train_config.json the resolved training config
+
+Checkpoints are written to ``name.tmp`` and renamed, so a killed run leaves a whole file;
+``resume=True`` continues from ``checkpoint.pt`` to the same final weights as an uninterrupted
+run (every random draw is a function of ``(seed, epoch, index)`` or re-seeded per epoch).
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) training is data parallel (DDP; NCCL on CUDA, gloo on
+CPU): ``batch_size`` is the GLOBAL batch, split evenly over the processes, and each process
+reads its share of every global batch (``DistributedSampler``), so 2 processes x 4 clips
+take the same steps as 1 process x 8 clips. Partial BN's first BatchNorm normalises each
+process's own batch (as the original multi-GPU TSN did); ``sync_bn`` (CUDA only) makes it
+use the global batch.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+METRICS = "metrics.jsonl"
+PLOT = "metrics.png"
+CONFIG_JSON = "train_config.json"
+
+# TSN's released recipe (TSN_NOTES.md): lr, lr steps and stop in iterations, clip grad.
+RECIPES = {
+    "rgb": {"lr": 0.001, "lr_steps": (1500,), "iterations": 3500, "clip_grad": 40.0},
+    "rgbdiff": {"lr": 0.001, "lr_steps": (1500,), "iterations": 3500, "clip_grad": 40.0},
+    "flow": {"lr": 0.005, "lr_steps": (10000, 16000), "iterations": 18000, "clip_grad": 20.0},
+    "warped": {"lr": 0.005, "lr_steps": (10000, 16000), "iterations": 18000, "clip_grad": 20.0},
+}
+
+
+class TrainError(RuntimeError):
+    """Training cannot start or go on (bad data, NaN loss, incompatible resume)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Resolved settings of one training run (saved in every checkpoint, as JSON).
+
+    ``epochs`` xor ``iterations`` (if neither, the TSN recipe's iterations for the modality);
+    ``lr_steps`` are in the same unit (epochs or iterations). ``None`` fields take the
+    modality's recipe defaults (``RECIPES``) in ``resolve``.
+    """
+
+    modality: str = "rgb"
+    frames: Optional[str] = None
+    flow: Optional[str] = None
+    list_file: Optional[str] = None
+    split: Optional[str] = "train"
+    val_split: Optional[str] = None
+    num_classes: Optional[int] = None
+    epochs: Optional[int] = None
+    iterations: Optional[int] = None
+    batch_size: int = 32
+    lr: Optional[float] = None
+    lr_steps: Optional[Tuple[int, ...]] = None
+    lr_gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    clip_grad: Optional[float] = None
+    amp: str = "none"
+    channels_last: bool = False
+    sync_bn: bool = False
+    workers: int = 2
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    val_every: int = 1
+
+    def __post_init__(self):
+        if self.modality not in RECIPES:
+            raise ValueError(f"modality {self.modality!r} is not one of {sorted(RECIPES)}")
+        if self.epochs is not None and self.iterations is not None:
+            raise ValueError("give epochs or iterations, not both")
+        for k in ("epochs", "iterations"):
+            v = getattr(self, k)
+            if v is not None and int(v) < 1:
+                raise ValueError(f"{k}={v} must be >= 1")
+        if int(self.batch_size) < 1:
+            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr={self.lr} must be > 0")
+        if self.lr_steps is not None:
+            steps = tuple(int(s) for s in self.lr_steps)
+            if any(s < 1 for s in steps) or list(steps) != sorted(steps):
+                raise ValueError(f"lr_steps {steps} must be increasing positive numbers")
+            object.__setattr__(self, "lr_steps", steps)
+        if self.clip_grad is not None and not self.clip_grad >= 0:
+            raise ValueError(f"clip_grad={self.clip_grad} must be >= 0 (0 turns clipping off)")
+        if self.amp not in ("none", "bf16"):
+            raise ValueError(f"amp {self.amp!r} must be 'none' or 'bf16'")
+        if not self.frames and not self.flow:
+            raise ValueError("give frame shards (--frames) and/or flow shards (--flow)")
+
+    def resolve(self) -> "TrainConfig":
+        """Fill recipe defaults: lr, clip_grad, iterations, lr_steps (scaled to epochs)."""
+        r = RECIPES[self.modality]
+        new = {}
+        if self.lr is None:
+            new["lr"] = r["lr"]
+        if self.clip_grad is None:
+            new["clip_grad"] = r["clip_grad"]
+        if self.epochs is None and self.iterations is None:
+            new["iterations"] = r["iterations"]
+        if self.lr_steps is None:
+            if self.epochs is None:
+                total = new.get("iterations", self.iterations)
+                new["lr_steps"] = tuple(s for s in r["lr_steps"] if s < total)
+            else:   # the recipe's steps as fractions of its length, scaled to the epochs
+                new["lr_steps"] = tuple(sorted({max(1, round(self.epochs * s / r["iterations"]))
+                                                for s in r["lr_steps"]} - {self.epochs}))
+        return replace(self, **new)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        if d["lr_steps"] is not None:
+            d["lr_steps"] = list(d["lr_steps"])
+        return d
+
+
+# -- distributed --------------------------------------------------------------------------
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: Any = "cpu"
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str = "auto") -> Dist:
+    """Single process unless launched by torchrun (WORLD_SIZE > 1): then init NCCL (CUDA)
+    or gloo (CPU) and pin one GPU per local rank."""
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainError(f"device {device!r} asked for but CUDA is not available")
+    if device == "cuda":
+        device = f"cuda:{local}" if world > 1 else "cuda"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world, local, dev)
+
+
+def _all_sum(values: Sequence[float], d: Dist) -> List[float]:
+    import torch
+
+    if d.world == 1:
+        return [float(v) for v in values]
+    import torch.distributed as dist
+
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64,
+                     device=d.device if d.device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+class _StridedSampler:
+    """Evaluation sampler: indices ``rank, rank + world, ...`` (no padding, no repeats)."""
+
+    def __init__(self, n: int, rank: int, world: int):
+        self.idx = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.idx)
+
+    def __len__(self):
+        return len(self.idx)
+
+
+# -- setup --------------------------------------------------------------------------------
+def seed_everything(seed: int, deterministic: bool) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def num_classes_of(sources, modality: str, video_list, samples) -> int:
+    """From the list's classes, else the shards' ``classes`` root attr, else max label + 1."""
+    from . import data
+
+    if video_list is not None and video_list.classes:
+        return len(video_list.classes)
+    s = data.shard_set(sources, modality)
+    for attrs in s.root.values():
+        classes = attrs.get("classes")
+        if isinstance(classes, list) and classes:
+            return len(classes)
+    return max(smp.label for smp in samples) + 1
+
+
+def build_datasets(cfg: TrainConfig):
+    """(sources, train samples, val samples, num_classes) with every check done up front."""
+    from . import data
+
+    sources = data.Sources.open(cfg.frames, cfg.flow)
+    video_list = None
+    if cfg.list_file:
+        from .videolist import load_video_list
+
+        video_list = load_video_list(cfg.list_file)
+    try:
+        train = data.select_videos(sources, cfg.modality, cfg.split, video_list)
+    except data.DataError as exc:
+        raise TrainError(str(exc)) from exc
+    if not train:
+        raise TrainError(f"no training videos (split {cfg.split!r}) in the "
+                         f"{'list ' + cfg.list_file if cfg.list_file else 'shards'}")
+    val_split = cfg.val_split
+    val: List = []
+    if val_split:
+        val = data.select_videos(sources, cfg.modality, val_split, video_list)
+    num_classes = cfg.num_classes or num_classes_of(sources, cfg.modality, video_list, train + val)
+    try:
+        data.check_labels(train + val, num_classes)
+        data.check_modality(sources, cfg.modality, train + val)
+    except data.DataError as exc:
+        raise TrainError(str(exc)) from exc
+    return sources, train, val, num_classes
+
+
+def make_optimizer(model, cfg: TrainConfig):
+    """SGD over TSN's parameter groups: lr = lr * lr_mult, weight decay = wd * decay_mult."""
+    import torch
+
+    groups = []
+    for g in model.param_groups():
+        groups.append({"params": g["params"], "lr": cfg.lr * g["lr_mult"],
+                       "weight_decay": cfg.weight_decay * g["decay_mult"], "name": g["name"]})
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def milestones(cfg: TrainConfig, steps_per_epoch: int) -> List[int]:
+    """lr steps in optimizer steps (the scheduler steps once per iteration)."""
+    unit = steps_per_epoch if cfg.epochs is not None else 1
+    return [int(s) * unit for s in (cfg.lr_steps or ())]
+
+
+def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    return cfg.iterations if cfg.iterations is not None else cfg.epochs * steps_per_epoch
+
+
+# -- checkpoints --------------------------------------------------------------------------
+def atomic_torch_save(obj, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def checkpoint_state(model, mcfg, cfg: TrainConfig, optimizer, scheduler, epoch: int, step: int,
+                     best: Optional[float], history: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Everything ``load_checkpoint`` and ``--resume`` need; only tensors, numbers, strings."""
+    import torch
+
+    from . import __version__
+    from .model import CHECKPOINT_FORMAT
+
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "package_version": __version__,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_config": json.dumps(mcfg.to_dict(), sort_keys=True),
+        "train_config": json.dumps(cfg.to_dict(), sort_keys=True),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": int(epoch),
+        "step": int(step),
+        "best": -1.0 if best is None else float(best),
+        "history": json.dumps(history),
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+_RESUME_FREE = {"workers", "device"}   # settings a resumed run may change
+
+
+def _resume_check(stored: Dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    now = cfg.to_dict()
+    diff = [f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(stored) | set(now))
+            if k not in _RESUME_FREE and stored.get(k) != now.get(k)]
+    if diff:
+        raise TrainError(f"{path} was trained with other settings ({'; '.join(diff[:6])}); "
+                         "resume with the same options, or train into a new --out")
+
+
+# -- the loop -----------------------------------------------------------------------------
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return (int(seed) * 1_000_003 + epoch * 1009 + rank) % (2**63 - 1)
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, cfg: TrainConfig, d: Dist, epoch: int,
+                    step: int, stop: int, video_ids: Sequence[str]) -> Tuple[Dict[str, float], int]:
+    """One pass (or until ``stop`` optimizer steps). Returns (metrics, step)."""
+    import torch
+    import torch.nn.functional as F
+
+    model.train()
+    loss_sum, correct, count, batches = 0.0, 0.0, 0.0, 0
+    t0 = time.perf_counter()
+    autocast = torch.autocast(device_type=d.device.type, dtype=torch.bfloat16,
+                              enabled=cfg.amp == "bf16")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for b, (x, y, idx) in enumerate(loader):
+        if step >= stop:
+            break
+        x = x.to(d.device, non_blocking=True)
+        y = y.to(d.device, non_blocking=True)
+        with autocast:
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y)
+        bad = _all_sum([0.0 if torch.isfinite(loss).item() else 1.0], d)[0]
+        if bad:
+            ids = [video_ids[int(i)] for i in idx]
+            raise TrainError(f"loss is not finite ({loss.item()}) at step {step} (epoch {epoch}, "
+                             f"batch {b}, rank {d.rank}; videos {ids[:8]}); lower --lr, keep "
+                             "--clip-grad on, or check the input of these videos")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        n = y.shape[0]
+        loss_sum += loss.item() * n
+        correct += (out.argmax(1) == y).sum().item()
+        count += n
+        batches += 1
+    loss_sum, correct, count = _all_sum([loss_sum, correct, count], d)
+    seconds = time.perf_counter() - t0
+    return {"loss": loss_sum / max(count, 1), "top1": correct / max(count, 1),
+            "clips": int(count), "seconds": seconds,
+            "clips_per_s": count / seconds if seconds > 0 else 0.0}, step
+
+
+def evaluate(model, loader, d: Dist, amp: str = "none") -> Dict[str, float]:
+    """Loss and top-1 of the consensus scores (segment centres, centre crop), all ranks."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    loss_sum, correct, count = 0.0, 0.0, 0.0
+    with torch.no_grad(), torch.autocast(device_type=d.device.type, dtype=torch.bfloat16,
+                                         enabled=amp == "bf16"):
+        for x, y, _ in loader:
+            x, y = x.to(d.device), y.to(d.device)
+            out = model(x).float()
+            loss_sum += F.cross_entropy(out, y, reduction="sum").item()
+            correct += (out.argmax(1) == y).sum().item()
+            count += y.shape[0]
+    loss_sum, correct, count = _all_sum([loss_sum, correct, count], d)
+    return {"val_loss": loss_sum / max(count, 1), "val_top1": correct / max(count, 1),
+            "val_clips": int(count)}
+
+
+def plot_metrics(history: List[Dict[str, Any]], path: Path) -> None:
+    """Loss and top-1 curves (train and validation) per epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.5))
+    ax1, ax2 = fig.subplots(1, 2)
+    ep = [h["epoch"] for h in history]
+    ax1.plot(ep, [h["loss"] for h in history], "o-", label="train")
+    ax2.plot(ep, [h["top1"] for h in history], "o-", label="train")
+    val = [h for h in history if "val_top1" in h]
+    if val:
+        ax1.plot([h["epoch"] for h in val], [h["val_loss"] for h in val], "s-", label="val")
+        ax2.plot([h["epoch"] for h in val], [h["val_top1"] for h in val], "s-", label="val")
+    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax2.set(xlabel="epoch", ylabel="top-1", title="accuracy", ylim=(0, 1.02))
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    os.replace(tmp, path)
+
+
+def _write_history(history: List[Dict[str, Any]], out: Path) -> None:
+    tmp = out / (METRICS + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for h in history:
+            fh.write(json.dumps(h, sort_keys=True) + "\n")
+    os.replace(tmp, out / METRICS)
+
+
+def run_training(cfg: TrainConfig, model_kwargs: Dict[str, Any], out, resume: bool = False,
+                 overwrite: bool = False, progress=None) -> Dict[str, Any]:
+    """Train (or resume) into run folder ``out``; returns a summary dict.
+
+    ``model_kwargs``: ``ModelConfig`` fields other than ``modality``/``num_classes`` (taken
+    from ``cfg`` and the data). ``progress(epoch_metrics)`` is called on the main rank after
+    every epoch (the command prints there).
+    """
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from . import data
+    from .model import ModelConfig, build_model
+
+    cfg = cfg.resolve()
+    out = Path(out)
+    d = setup_distributed(cfg.device)
+    if cfg.batch_size % d.world:
+        raise TrainError(f"batch size {cfg.batch_size} (global) does not split over "
+                         f"{d.world} processes; use a multiple of {d.world}")
+    if cfg.sync_bn and d.device.type != "cuda":
+        raise TrainError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
+    ckpt_path = out / CHECKPOINT
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+    if ckpt_path.exists() and not resume and not overwrite:
+        raise TrainError(f"{out} already holds a run ({CHECKPOINT}); pass --resume to continue "
+                         "it or --overwrite to start again")
+    if resume and not ckpt_path.exists():
+        raise TrainError(f"--resume: no {CHECKPOINT} in {out}")
+
+    seed_everything(cfg.seed, cfg.deterministic)
+    sources, train_s, val_s, num_classes = build_datasets(cfg)
+    if cfg.num_classes is None:
+        cfg = replace(cfg, num_classes=num_classes)
+    mcfg = ModelConfig(modality=cfg.modality, num_classes=cfg.num_classes, **model_kwargs)
+
+    model = build_model(mcfg)
+    if mcfg.pretrained and d.main and model.pretrained_report:
+        log.info("pretrained: %s", model.pretrained_report)
+    if cfg.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(d.device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+        model.channels_last = True
+
+    per_proc = cfg.batch_size // d.world
+    train_ds = data.TSNDataset(sources, train_s, cfg.modality, mcfg.num_segments, mcfg.new_length,
+                               "train", mcfg.input_size, mcfg.mean, mcfg.std, seed=cfg.seed)
+    sampler = DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=False)
+    loader_kw = dict(num_workers=cfg.workers, pin_memory=d.device.type == "cuda",
+                     persistent_workers=False)
+    if cfg.workers > 0:
+        loader_kw["prefetch_factor"] = 4
+    train_loader = DataLoader(train_ds, batch_size=per_proc, sampler=sampler, drop_last=False,
+                              **loader_kw)
+    val_loader = None
+    if val_s:
+        val_ds = data.TSNDataset(sources, val_s, cfg.modality, mcfg.num_segments, mcfg.new_length,
+                                 "val", mcfg.input_size, mcfg.mean, mcfg.std, seed=cfg.seed)
+        val_loader = DataLoader(val_ds, batch_size=per_proc,
+                                sampler=_StridedSampler(len(val_ds), d.rank, d.world), **loader_kw)
+
+    steps_per_epoch = len(train_loader)
+    stop = total_steps(cfg, steps_per_epoch)
+    num_epochs = math.ceil(stop / steps_per_epoch)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=milestones(cfg, steps_per_epoch), gamma=cfg.lr_gamma)
+
+    start_epoch, step, best, history = 0, 0, None, []
+    if resume:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        _resume_check(json.loads(ckpt["train_config"]), cfg, ckpt_path)
+        if json.loads(ckpt["model_config"]) != mcfg.to_dict():
+            raise TrainError(f"{ckpt_path}: model settings differ from this run's; resume with "
+                             "the same options")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
+        best = None if ckpt["best"] < 0 else float(ckpt["best"])
+        history = json.loads(ckpt["history"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        if d.main:
+            _write_history(history, out)
+            log.info("resumed %s at epoch %d, step %d", ckpt_path, start_epoch, step)
+    if d.main:
+        (out / CONFIG_JSON).write_text(json.dumps(
+            {"train": cfg.to_dict(), "model": mcfg.to_dict(), "world_size": d.world},
+            indent=1, sort_keys=True) + "\n")
+
+    net = model
+    if d.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    video_ids = [s.video_id for s in train_s]
+    for epoch in range(start_epoch, num_epochs):
+        if step >= stop:
+            break
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch, d.rank))
+        sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        lr = current_lr(optimizer)
+        metrics, step = train_one_epoch(net, train_loader, optimizer, scheduler, cfg, d, epoch,
+                                        step, stop, video_ids)
+        row = {"epoch": epoch + 1, "step": step, "lr": lr, **metrics}
+        if val_loader is not None and ((epoch + 1) % cfg.val_every == 0 or step >= stop):
+            row.update(evaluate(model, val_loader, d, cfg.amp))
+        history.append(row)
+        improved = "val_top1" in row and (best is None or row["val_top1"] > best)
+        if improved:
+            best = row["val_top1"]
+        if d.main:
+            state = checkpoint_state(model, mcfg, cfg, optimizer, scheduler, epoch + 1, step,
+                                     best, history)
+            atomic_torch_save(state, ckpt_path)
+            if improved:
+                atomic_torch_save(state, out / BEST)
+            _write_history(history, out)
+            plot_metrics(history, out / PLOT)
+            if progress:
+                progress(row)
+    if d.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return {"out": str(out), "epochs": len(history), "steps": step,
+            "final": history[-1] if history else {}, "best_val_top1": best,
+            "world_size": d.world, "num_classes": cfg.num_classes,
+            "train_videos": len(train_s), "val_videos": len(val_s)}
+
+
+def current_lr(optimizer) -> float:
+    """The lr of the 'normal_weight' group (lr_mult 1): the run's base lr after its steps."""
+    for g in optimizer.param_groups:
+        if g.get("name") == "normal_weight":
+            return float(g["lr"])
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def cleanup_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
