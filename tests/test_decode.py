@@ -38,11 +38,13 @@ def test_lossless_video_decodes_to_its_exact_frames(make_video, codec, ext):
     np.testing.assert_array_equal(decoded, frames)
 
 
-def test_decode_stores_jpeg_within_psnr_and_metadata(make_video, cli_runner, tmp_path):
+@pytest.mark.parametrize("encoder,min_psnr", [("ffmpeg", 28.0), ("opencv", 30.0)])
+def test_decode_stores_jpeg_within_psnr_and_metadata(make_video, cli_runner, tmp_path, encoder,
+                                                     min_psnr):
     path, frames = make_video("a/clip.mkv", n=6, size=(64, 48))
     out = tmp_path / "out"
     result = cli_runner("decode", path.parent.parent, "--out", out, "--size", "original",
-                        "--quality", "95", "--no-progress")
+                        "--encoder", encoder, "--quality", "95", "--qscale", "2", "--no-progress")
     assert result.exit_code == 0, result.output
     shards = store.open_shards(out, kind="frames")
     assert shards.ids == ["clip"]
@@ -51,10 +53,11 @@ def test_decode_stores_jpeg_within_psnr_and_metadata(make_video, cli_runner, tmp
     assert (entry.attrs["width"], entry.attrs["height"]) == (64, 48)
     stored = shards.read_frames("clip", range(6))
     assert stored.shape == frames.shape
-    # 4:2:0 JPEG of a colour-noise texture: ~31 dB at quality 95 (measured), ~27 at 50
-    assert min(psnr(s, f) for s, f in zip(stored, frames)) > 30.0
+    # 4:2:0 JPEG of a colour-noise texture, measured: opencv q95 ~31 dB, ffmpeg q:v 2 ~29 dB
+    assert min(psnr(s, f) for s, f in zip(stored, frames)) > min_psnr
     root = shards.root[shards.paths[0]]
-    assert root["config"]["quality"] == 95 and root["classes"] == ["a"]
+    assert root["config"]["encoder"] == encoder and root["classes"] == ["a"]
+    assert root["config"]["quality"] == (95 if encoder == "opencv" else None)
     assert root["package_version"] and root["schema_version"] == store.SCHEMA_VERSION
 
 
@@ -280,3 +283,22 @@ def test_bad_size_is_a_usage_error(cli_runner, tmp_path):
     result = CliRunner().invoke(cli.main, ["decode", str(tmp_path), "--out", str(tmp_path / "o"),
                                            "--size", "big"])
     assert result.exit_code == 2 and "WIDTHxHEIGHT" in result.output
+
+
+def test_jpeg_stream_splitter_handles_restart_markers_and_chunking():
+    import cv2
+
+    from tsn_pipeline.videoio import jpeg_end
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (40, 56, 3), dtype=np.uint8) for _ in range(3)]
+    payloads = [cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, 90,
+                                          cv2.IMWRITE_JPEG_RST_INTERVAL, 2])[1].tobytes()
+                for im in images]
+    stream = bytearray(b"".join(payloads))
+    start, found = 0, []
+    while (end := jpeg_end(stream, start)) is not None:
+        found.append(bytes(stream[start:end]))
+        start = end
+    assert found == payloads
+    assert jpeg_end(bytearray(payloads[0][:-1])) is None      # incomplete: wait for more

@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import batch, store
-from .videoio import INTERPOLATIONS, FrameReader, VideoError, probe
+from .videoio import INTERPOLATIONS, FrameReader, JpegReader, VideoError, probe
+
+ENCODERS = ("ffmpeg", "opencv")
 from .videolist import VideoList
 
 
@@ -25,11 +27,26 @@ class DecodeConfig:
     size: Optional[Tuple[int, int]] = (340, 256)   # (W, H); None keeps the video's size
     short_side: Optional[int] = None               # resize the short side to this instead
     fps: Optional[float] = None                    # resample to this rate (None: every frame)
-    quality: int = 95                              # JPEG quality, 1..100 (OpenCV/libjpeg scale)
+    encoder: str = "ffmpeg"                        # who writes the JPEG: ffmpeg (mjpeg) or opencv
+    qscale: Optional[int] = 2                      # ffmpeg -q:v, 1..31 (lower is better)
+    quality: Optional[int] = None                  # opencv/libjpeg quality 1..100 (95 if unset)
     interpolation: str = "bilinear"                # ffmpeg scaler
     strict: bool = False                           # any ffmpeg decode error fails the video
 
     def __post_init__(self):
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder {self.encoder!r} not in {ENCODERS}")
+        # only the knob of the chosen encoder is kept, so the stored config says what mattered
+        if self.encoder == "ffmpeg":
+            object.__setattr__(self, "quality", None)
+            if self.qscale is None or not 1 <= self.qscale <= 31:
+                raise ValueError(f"ffmpeg JPEG qscale {self.qscale} outside 1..31")
+        else:
+            object.__setattr__(self, "qscale", None)
+            if self.quality is None:
+                object.__setattr__(self, "quality", 95)
+            if not 1 <= self.quality <= 100:
+                raise ValueError(f"JPEG quality {self.quality} outside 1..100")
         if self.size is not None and self.short_side is not None:
             raise ValueError("give --size or --short-side, not both")
         if self.size is not None:
@@ -40,8 +57,6 @@ class DecodeConfig:
             raise ValueError(f"short side {self.short_side} must be positive")
         if self.fps is not None and not self.fps > 0:
             raise ValueError(f"fps {self.fps} must be > 0")
-        if not 1 <= self.quality <= 100:
-            raise ValueError(f"JPEG quality {self.quality} outside 1..100")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation {self.interpolation!r} not in {INTERPOLATIONS}")
 
@@ -57,14 +72,19 @@ def decode_video(path: str, cfg: DecodeConfig):
 
     try:
         info = probe(path)
-        reader = FrameReader(path, cfg.size, cfg.short_side, cfg.fps, cfg.interpolation, info)
-        params = [cv2.IMWRITE_JPEG_QUALITY, cfg.quality]
-        jpegs = []
-        for frame in reader:
-            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), params)
-            if not ok:
-                raise batch.VideoFailure(f"{path}: OpenCV could not encode frame {len(jpegs)}")
-            jpegs.append(buf.tobytes())
+        if cfg.encoder == "ffmpeg":
+            reader = JpegReader(path, cfg.size, cfg.short_side, cfg.fps, cfg.interpolation, info,
+                                qscale=cfg.qscale)
+            jpegs = list(reader)
+        else:
+            reader = FrameReader(path, cfg.size, cfg.short_side, cfg.fps, cfg.interpolation, info)
+            params = [cv2.IMWRITE_JPEG_QUALITY, cfg.quality]
+            jpegs = []
+            for frame in reader:
+                ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), params)
+                if not ok:
+                    raise batch.VideoFailure(f"{path}: OpenCV could not encode frame {len(jpegs)}")
+                jpegs.append(buf.tobytes())
     except VideoError as exc:
         raise batch.VideoFailure(str(exc)) from exc
     except OSError as exc:

@@ -286,6 +286,7 @@ class ShardSet:
         self.root: Dict[str, Dict[str, Any]] = {}
         self._entries: Dict[str, VideoEntry] = {}
         self._handles: Dict[str, Any] = {}
+        self._streams: Dict[Any, Any] = {}
         self._pid = os.getpid()
         self._build_index()
 
@@ -353,13 +354,14 @@ class ShardSet:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_handles"] = {}
+        state["_streams"] = {}
         return state
 
     def _group(self, video_id: str):
         import h5py
 
         if self._pid != os.getpid():   # forked: never reuse the parent's handles
-            self._handles, self._pid = {}, os.getpid()
+            self._handles, self._streams, self._pid = {}, {}, os.getpid()
         path = self[video_id].shard
         f = self._handles.get(path)
         if f is None:
@@ -373,22 +375,33 @@ class ShardSet:
             except Exception:
                 pass
         self._handles = {}
+        self._streams = {}
+
+    def _stream(self, video_id: str, stream: str):
+        """(dataset, offsets array) of a stream, cached per process: one read of the offsets."""
+        key = (video_id, stream)
+        cached = self._streams.get(key) if self._pid == os.getpid() else None
+        if cached is None:
+            group = self._group(video_id)
+            if stream not in group or stream + OFFSETS_SUFFIX not in group:
+                raise StoreError(
+                    f"video {video_id!r} has no stream {stream!r} "
+                    f"(has {sorted(k for k in group if not k.endswith(OFFSETS_SUFFIX))})")
+            if len(self._streams) > 4096:
+                self._streams.clear()
+            cached = self._streams[key] = (group[stream], group[stream + OFFSETS_SUFFIX][()])
+        return cached
 
     def read_encoded(self, video_id: str, stream: str, indices: Sequence[int]) -> List[bytes]:
         """The stored payloads (JPEG/PNG bytes) of ``stream`` at ``indices`` (0-based)."""
-        group = self._group(video_id)
-        if stream not in group:
-            raise StoreError(f"video {video_id!r} has no stream {stream!r} "
-                             f"(has {sorted(k for k in group if not k.endswith(OFFSETS_SUFFIX))})")
-        off = group[stream + OFFSETS_SUFFIX]
+        data, off = self._stream(video_id, stream)
         n = len(off) - 1
         out = []
         for i in indices:
             i = int(i)
             if not 0 <= i < n:
                 raise IndexError(f"video {video_id!r} stream {stream!r}: index {i} outside 0..{n - 1}")
-            a, b = off[i], off[i + 1]
-            out.append(group[stream][a:b].tobytes())
+            out.append(data[off[i]:off[i + 1]].tobytes())
         return out
 
     def read_frames(self, video_id: str, indices: Sequence[int], stream: str = "rgb") -> np.ndarray:

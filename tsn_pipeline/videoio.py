@@ -129,6 +129,8 @@ class FrameReader:
     ...     frames = list(r)                              # (256, 340, 3) uint8 each
     """
 
+    jpeg_qscale: Optional[int] = None   # set by JpegReader
+
     def __init__(self, path, size: Optional[Tuple[int, int]] = None,
                  short_side: Optional[int] = None, fps: Optional[float] = None,
                  interpolation: str = "bilinear", info: Optional[VideoInfo] = None):
@@ -151,7 +153,11 @@ class FrameReader:
             stream = stream.filter("fps", fps=float(fps))
         if (self.width, self.height) != (self.info.width, self.info.height):
             stream = stream.filter("scale", self.width, self.height, flags=interpolation)
-        out = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough")
+        if self.jpeg_qscale is None:
+            out = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough")
+        else:
+            out = stream.output("pipe:", format="image2pipe", vcodec="mjpeg", pix_fmt="yuvj420p",
+                                fps_mode="passthrough", **{"q:v": self.jpeg_qscale})
         args = out.global_args("-nostdin", "-hide_banner", "-v", "error").compile(cmd=ffmpeg_exe())
         return list(args)
 
@@ -161,12 +167,16 @@ class FrameReader:
     def __exit__(self, *exc):
         self.close()
 
-    def __iter__(self) -> Iterator[np.ndarray]:
-        frame_bytes = self.width * self.height * 3
+    def _start(self, bufsize: int):
         self._proc = subprocess.Popen(self._cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, bufsize=frame_bytes)
+                                      stderr=subprocess.PIPE, bufsize=bufsize)
         drain = threading.Thread(target=self._drain, args=(self._proc.stderr,), daemon=True)
         drain.start()
+        return drain
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        frame_bytes = self.width * self.height * 3
+        drain = self._start(frame_bytes)
         try:
             while True:
                 buf = _read_exact(self._proc.stdout, frame_bytes)
@@ -195,6 +205,90 @@ class FrameReader:
             proc.kill()
         proc.stdout.close()
         self.returncode = proc.wait()
+
+
+class JpegReader(FrameReader):
+    """Like FrameReader, but ffmpeg encodes each frame as JPEG itself (mjpeg, ``-q:v qscale``).
+
+    Iterating yields one JPEG file (bytes) per decoded frame: the same bytes ``ffmpeg -q:v N
+    img_%05d.jpg`` writes, without a file per frame. Cheaper than raw RGB + OpenCV's encoder
+    because ffmpeg encodes from its own YUV frames (no RGB conversion, no raw pipe).
+    """
+
+    def __init__(self, path, size=None, short_side=None, fps=None, interpolation="bilinear",
+                 info=None, qscale: int = 2):
+        if not 1 <= int(qscale) <= 31:
+            raise ValueError(f"JPEG qscale {qscale} outside 1..31 (lower is better)")
+        self.jpeg_qscale = int(qscale)
+        super().__init__(path, size, short_side, fps, interpolation, info)
+
+    def __iter__(self) -> Iterator[bytes]:
+        drain = self._start(1 << 20)
+        buf = bytearray()
+        try:
+            while True:
+                chunk = self._proc.stdout.read1(1 << 20)
+                if not chunk:
+                    break
+                buf += chunk
+                start = 0
+                while True:
+                    end = jpeg_end(buf, start)
+                    if end is None:
+                        break
+                    yield bytes(buf[start:end])
+                    start = end
+                del buf[:start]
+        finally:
+            self.close()
+            drain.join(timeout=10)
+
+
+def jpeg_end(buf, start: int = 0) -> Optional[int]:
+    """End offset of the complete JPEG starting at ``buf[start]``, or None if incomplete.
+
+    Walks the marker segments (their lengths) up to each scan, then the entropy-coded data,
+    where 0xFF is followed by 0x00 (stuffing), 0xFF (fill) or RST0..7; any other marker ends
+    the scan. So 0xFFD9 bytes inside tables cannot be mistaken for the end of the image.
+    """
+    n = len(buf)
+    if n - start < 4:
+        return None
+    if buf[start] != 0xFF or buf[start + 1] != 0xD8:
+        raise VideoError(f"JPEG stream out of sync at byte {start} (no SOI marker)")
+    i = start + 2
+    while i + 1 < n:
+        if buf[i] != 0xFF:
+            raise VideoError(f"JPEG stream: expected a marker at byte {i}")
+        marker = buf[i + 1]
+        if marker == 0xFF:                      # fill byte before a marker
+            i += 1
+            continue
+        if marker == 0xD9:                      # EOI
+            return i + 2
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            i += 2
+            continue
+        if i + 3 >= n:
+            return None
+        seg_end = i + 2 + ((buf[i + 2] << 8) | buf[i + 3])
+        if marker != 0xDA:                      # not a scan: skip the segment
+            i = seg_end
+            continue
+        j = seg_end                             # entropy-coded data of the scan
+        while True:
+            j = buf.find(b"\xff", j)
+            if j < 0 or j + 1 >= n:
+                return None
+            nxt = buf[j + 1]
+            if nxt == 0x00 or 0xD0 <= nxt <= 0xD7:
+                j += 2
+            elif nxt == 0xFF:
+                j += 1
+            else:
+                i = j
+                break
+    return None
 
 
 def _read_exact(stream, n: int) -> bytes:

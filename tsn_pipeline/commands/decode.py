@@ -28,8 +28,13 @@ def _parse_size(ctx, param, value):
               help="Resize so the short side is this long, keeping aspect (overrides --size).")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Resample to this frame rate (default: keep every decoded frame).")
+@click.option("--encoder", type=click.Choice(["ffmpeg", "opencv"]), default="ffmpeg",
+              show_default=True, help="JPEG encoder: ffmpeg's mjpeg (fastest; the bytes "
+                                      "`ffmpeg -q:v N img_%05d.jpg` writes) or OpenCV/libjpeg.")
+@click.option("--qscale", type=click.IntRange(1, 31), default=2, show_default=True,
+              help="JPEG quality for --encoder ffmpeg (ffmpeg -q:v; lower is better).")
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True,
-              help="JPEG quality.")
+              help="JPEG quality for --encoder opencv (libjpeg scale, as dense_flow's 95).")
 @click.option("--interpolation", type=click.Choice(["bilinear", "bicubic", "area", "lanczos",
                                                      "neighbor"]),
               default="bilinear", show_default=True, help="ffmpeg scaler used to resize.")
@@ -39,7 +44,7 @@ def _parse_size(ctx, param, value):
 @shard_options
 @run_options
 @stage_errors
-def decode(source, out_dir, size, short_side, fps, quality, interpolation, strict, split,
+def decode(source, out_dir, size, short_side, fps, encoder, qscale, quality, interpolation, strict, split,
            shard_index, num_shards, workers, overwrite, retry_failed, progress):
     """Decode videos to JPEG frames in HDF5 shards.
 
@@ -53,7 +58,7 @@ def decode(source, out_dir, size, short_side, fps, quality, interpolation, stric
     index, count = resolve_shard_or_fail(shard_index, num_shards)
     try:
         cfg = DecodeConfig(size=None if short_side else size, short_side=short_side, fps=fps,
-                           quality=quality, interpolation=interpolation, strict=strict)
+                           encoder=encoder, qscale=qscale, quality=quality, interpolation=interpolation, strict=strict)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     try:
