@@ -262,7 +262,10 @@ class VideoEntry:
 
 
 def _entry_length(kind: str, attrs: Mapping[str, Any]) -> int:
-    for key in ("num_frames", "num_flows", "num_snippets"):
+    # flow groups carry num_frames too; their length is the number of flow fields
+    keys = ("num_flows", "num_frames", "num_snippets") if kind == "flow" else \
+        ("num_frames", "num_flows", "num_snippets")
+    for key in keys:
         if key in attrs:
             return int(attrs[key])
     return 0
