@@ -368,14 +368,27 @@ def items_from_list(root, list_file) -> Tuple[List[RawItem], List[str]]:
             vid = store.check_video_id(os.path.basename(rel))
         except ValueError as exc:
             raise RawframesError(f"{list_file}:{n}: {exc}") from exc
-        items.append(RawItem(vid, str(folder), "", label))
+        parent = os.path.basename(os.path.dirname(rel))
+        items.append(RawItem(vid, str(folder), "", label, parent))
     top = max([it.label for it in items] or [-1])
-    return items, [str(i) for i in range(top + 1)]
+    classes = [str(i) for i in range(top + 1)]
+    names: Dict[int, set] = {}
+    for it in items:
+        if it.label >= 0 and it.class_name:
+            names.setdefault(it.label, set()).add(it.class_name)
+    for label, found in names.items():     # class folders name the labels when consistent
+        if len(found) == 1:
+            classes[label] = found.pop()
+    return items, classes
 
 
 def plan_import(items: Sequence[RawItem], shard_index: int, num_shards: int,
-                warped_root=None):
-    """Tasks of one shard (same assignment as ``tsn decode``) plus duplicate-id failures."""
+                src_root=None, warped_root=None):
+    """Tasks of one shard (same assignment as ``tsn decode``) plus duplicate-id failures.
+
+    A video's warped folder is at the same place under ``warped_root`` as its folder under
+    ``src_root`` (``<class>/<id>`` or ``<id>``), else ``warped_root/<id>``.
+    """
     tasks: Dict[str, batch.Task] = {}
     failures: List[Dict[str, str]] = []
     mine = set(batch.assign_shard({it.video_id for it in items}, shard_index, num_shards))
@@ -390,18 +403,22 @@ def plan_import(items: Sequence[RawItem], shard_index: int, num_shards: int,
         meta = {"class_name": it.class_name, "split": it.split}
         if warped_root is not None:
             wroot = Path(warped_root)
-            nested = wroot / it.class_name / it.video_id if it.class_name else None
-            meta["warped"] = str(nested if nested is not None and nested.is_dir()
+            try:
+                same = wroot / Path(it.folder).relative_to(Path(src_root)) if src_root else None
+            except ValueError:
+                same = None
+            meta["warped"] = str(same if same is not None and same.is_dir()
                                  else wroot / it.video_id)
         tasks[it.video_id] = batch.Task(it.video_id, it.folder, it.label, meta)
     return [tasks[k] for k in sorted(tasks)], failures
 
 
 def run_import(items: Sequence[RawItem], classes: Sequence[str], out_dir, cfg: ImportConfig,
-               shard_index: int = 0, num_shards: int = 1, warped_root=None, workers: int = 1,
+               shard_index: int = 0, num_shards: int = 1, src_root=None, warped_root=None,
+               workers: int = 1,
                overwrite: bool = False, retry_failed: bool = False,
                progress: bool = True) -> batch.Summary:
-    tasks, failures = plan_import(items, shard_index, num_shards,
+    tasks, failures = plan_import(items, shard_index, num_shards, src_root,
                                   warped_root if cfg.with_warped else None)
     return batch.run_stage(
         kind=cfg.what, out_dir=out_dir, shard_index=shard_index, num_shards=num_shards,
@@ -467,9 +484,8 @@ def export_video(frames, flow, vid: str, out: Path, cfg: ExportConfig) -> Tuple[
     """
     entry = (frames or flow)[vid]
     final = _video_dir(out, vid, entry, cfg)
-    done_marker = final / ".complete"
     count = frames[vid].length if frames is not None else flow[vid].length
-    if final.is_dir() and done_marker.exists() and not cfg.overwrite:
+    if final.is_dir() and not cfg.overwrite:        # renamed into place only when complete
         return "skipped", 0, count
     if final.exists():
         shutil.rmtree(final)
@@ -497,7 +513,6 @@ def export_video(frames, flow, vid: str, out: Path, cfg: ExportConfig) -> Tuple[
             for t, p in enumerate(payloads):
                 (tmp / cfg.name(prefix, t, p)).write_bytes(p)
             files += len(payloads)
-    (tmp / ".complete").write_text("")
     os.replace(tmp, final)
     return "written", files, count
 

@@ -88,7 +88,8 @@ def import_rawframes(src, frames_out, flow_out, list_file, flow_kind, warped_src
         raise click.BadParameter(str(exc)) from exc
     failed = []
     for out, cfg in jobs:
-        summary = run_import(items, classes, out, cfg, index, count, warped_root=warped_src,
+        summary = run_import(items, classes, out, cfg, index, count, src_root=src,
+                             warped_root=warped_src,
                              workers=workers, overwrite=overwrite, retry_failed=retry_failed,
                              progress=progress)
         try:
