@@ -81,7 +81,7 @@ def resize(clip: np.ndarray, layout: str, height: int, width: int) -> np.ndarray
         planes = np.ascontiguousarray(clip.reshape((-1, h, w)).transpose(1, 2, 0))  # (h, w, M)
     chunks = []
     for start in range(0, planes.shape[-1], 512):   # cv2.resize takes at most 512 channels
-        part = cv2.resize(planes[..., start:start + 512], (width, height),
+        part = cv2.resize(np.ascontiguousarray(planes[..., start:start + 512]), (width, height),
                           interpolation=cv2.INTER_LINEAR)
         chunks.append(part.reshape(height, width, -1))
     out = np.concatenate(chunks, axis=-1) if len(chunks) > 1 else chunks[0]

@@ -1,0 +1,181 @@
+"""Clip loading and the training Dataset, on real HDF5 shards written by the batch runner.
+
+Also the shard builders the other training tests import (``make_frame_shards``,
+``make_flow_shards``): small synthetic videos whose frames and flow we know exactly.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tsn_pipeline import batch, store
+
+REPO = Path(__file__).resolve().parents[1]
+VIDEOS = REPO.parent / "shared" / "data" / "videos"
+H, W = 48, 64
+
+
+def synthetic_frames(label: int, num_frames: int, seed: int) -> np.ndarray:
+    """(T, H, W, 3) uint8: a class-coloured background, noise, and a bar moving right.
+
+    Frame t carries its index in pixel (0, 0) (red channel = 10 * t), so tests can check
+    which frames a clip holds.
+    """
+    rng = np.random.default_rng(seed)
+    colours = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40), (200, 40, 200),
+               (40, 200, 200)]
+    base = np.array(colours[label % len(colours)], np.float32)
+    frames = np.empty((num_frames, H, W, 3), np.uint8)
+    for t in range(num_frames):
+        img = base + rng.normal(0, 12, (H, W, 3))
+        x = (4 * t + 8 * label) % (W - 8)
+        img[:, x:x + 8] = 255 - base
+        frames[t] = np.clip(img, 0, 255).astype(np.uint8)
+        frames[t, :8, :8] = (min(10 * t, 255), 0, 0)   # a large flat patch survives JPEG
+    return frames
+
+
+def synthetic_flow(label: int, num_flows: int) -> np.ndarray:
+    """(T, 2, H, W) uint8 quantised flow: x code = 100 + 10 * t + label, y code = 60 + t."""
+    flow = np.empty((num_flows, 2, H, W), np.uint8)
+    for t in range(num_flows):
+        flow[t, 0] = 100 + 10 * t + label
+        flow[t, 1] = 60 + t
+        flow[t, 0, :, : W // 4] = 30 + label     # left quarter differs: flips are visible
+    return flow
+
+
+def _frame_record(task: batch.Task) -> store.VideoRecord:
+    m = task.meta
+    frames = synthetic_frames(task.label, m["num_frames"], m["seed"])
+    return store.VideoRecord(task.video_id, attrs={
+        "num_frames": m["num_frames"], "fps": 25.0, "height": H, "width": W, "label": task.label,
+        "class_name": f"c{task.label}", "split": m["split"]},
+        streams={"rgb": [store.encode_image(f, "png") for f in frames]})
+
+
+def _flow_record(task: batch.Task, kinds) -> store.VideoRecord:
+    m = task.meta
+    n = m["num_frames"] - 1
+    flow = synthetic_flow(task.label, n)
+    streams = {}
+    for kind in kinds:
+        streams[f"{kind}_x"] = [store.encode_image(f[0], "png") for f in flow]
+        streams[f"{kind}_y"] = [store.encode_image(f[1], "png") for f in flow]
+    return store.VideoRecord(task.video_id, attrs={
+        "num_frames": m["num_frames"], "num_flows": n, "step": 1, "height": H, "width": W,
+        "label": task.label, "class_name": f"c{task.label}", "split": m["split"]},
+        streams=streams)
+
+
+def video_table(num_videos=4, num_classes=4, num_frames=12, val=0):
+    """[(video_id, label, num_frames, split)]: ``num_videos`` train videos (+ ``val``)."""
+    rows = [(f"vid{i:02d}", i % num_classes, num_frames + i, "train") for i in range(num_videos)]
+    rows += [(f"val{i:02d}", i % num_classes, num_frames, "test") for i in range(val)]
+    return rows
+
+
+def _tasks(rows):
+    return [batch.Task(v, "", lab, {"num_frames": n, "seed": k, "split": s})
+            for k, (v, lab, n, s) in enumerate(rows)]
+
+
+def make_frame_shards(out: Path, rows, num_classes=None):
+    summary = batch.run_stage(
+        kind="frames", out_dir=out, shard_index=0, num_shards=1,
+        config={"test": "synthetic"}, tasks=_tasks(rows), process=_frame_record,
+        progress=False,
+        root_extra={"classes": [f"c{i}" for i in range(num_classes or 1 + max(r[1] for r in rows))]})
+    assert summary.failed == 0
+    return out
+
+
+def make_flow_shards(out: Path, rows, kinds=("tvl1",)):
+    config = {"kinds": list(kinds), "encoding": "png", "bound": 20.0, "step": 1}
+    summary = batch.run_stage(
+        kind="flow", out_dir=out, shard_index=0, num_shards=1, config=config,
+        tasks=_tasks(rows), process=functools.partial(_flow_record, kinds=tuple(kinds)),
+        progress=False)
+    assert summary.failed == 0
+    return out
+
+
+# -- tests ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    rows = video_table(num_videos=3, num_classes=3, num_frames=10, val=1)
+    make_frame_shards(root / "frames", rows)
+    make_flow_shards(root / "flow", rows, kinds=("tvl1",))
+    return root, rows
+
+
+def test_load_clip_rgb_reads_the_asked_frames(shards):
+    from tsn_pipeline.data import Sources, load_clip
+
+    root, rows = shards
+    src = Sources.open(frames=root / "frames")
+    idx = np.array([[0], [4], [9], [4]])
+    clip = load_clip(src, "vid01", "rgb", idx)
+    assert clip.shape == (4, 1, H, W, 3) and clip.dtype == np.uint8
+    want = synthetic_frames(1, 11, seed=1)
+    np.testing.assert_array_equal(clip[:, 0], want[idx[:, 0]])   # PNG: lossless
+    diff = load_clip(src, "vid01", "rgbdiff", np.array([[2, 3, 4]]))
+    assert diff.shape == (1, 3, H, W, 3)
+    assert diff[0, :, 0, 0, 0].tolist() == [20, 30, 40]
+
+
+def test_load_clip_flow_layout_and_missing_kind(shards):
+    from tsn_pipeline.data import DataError, Sources, load_clip
+
+    root, _ = shards
+    src = Sources.open(flow=root / "flow")
+    clip = load_clip(src, "vid02", "flow", np.array([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]))
+    assert clip.shape == (2, 5, 2, H, W)
+    assert clip[1, 2, 0, 0, -1] == 100 + 10 * 7 + 2 and clip[1, 2, 1, 0, -1] == 60 + 7
+    with pytest.raises(DataError, match="warped"):
+        load_clip(src, "vid02", "warped", np.array([[0]]))
+    with pytest.raises(DataError, match="--frames"):
+        load_clip(src, "vid02", "rgb", np.array([[0]]))
+
+
+def test_select_videos_by_split_and_errors(shards, tmp_path):
+    from tsn_pipeline.data import DataError, Sources, check_modality, select_videos
+    from tsn_pipeline.videolist import VideoItem, load_video_list, write_video_list_csv
+
+    root, rows = shards
+    src = Sources.open(frames=root / "frames", flow=root / "flow")
+    train = select_videos(src, "flow", "train")
+    assert [s.video_id for s in train] == ["vid00", "vid01", "vid02"]
+    assert [s.label for s in train] == [0, 1, 2]
+    assert [s.video_id for s in select_videos(src, "rgb", "test")] == ["val00"]
+    with pytest.raises(DataError, match="label 2, outside 0..1"):
+        select_videos(src, "rgb", "train", num_classes=2)
+    with pytest.raises(DataError, match="warped"):
+        check_modality(src, "warped", train)
+    csv = tmp_path / "list.csv"
+    write_video_list_csv([VideoItem("vid00", "a.avi", 1, "c1", "train"),
+                          VideoItem("nope", "b.avi", 0, "c0", "train")], csv)
+    with pytest.raises(DataError, match=r"no flow in .*\['nope'\]"):
+        select_videos(src, "flow", "train", load_video_list(csv))
+
+
+def test_dataset_items_are_a_function_of_seed_epoch_index(shards):
+    from tsn_pipeline.data import Sources, TSNDataset, select_videos
+
+    root, _ = shards
+    src = Sources.open(flow=root / "flow")
+    samples = select_videos(src, "flow", "train")
+    ds = TSNDataset(src, samples, "flow", 3, 5, "train", 32, (0.5, 0.5), (0.25, 0.25), seed=3)
+    x, y, i = ds[1]
+    assert tuple(x.shape) == (3, 10, 32, 32) and y == 1 and i == 1
+    again = TSNDataset(src, samples, "flow", 3, 5, "train", 32, (0.5, 0.5), (0.25, 0.25), seed=3)
+    assert np.array_equal(again[1][0].numpy(), x.numpy())
+    again.set_epoch(1)
+    assert not np.array_equal(again[1][0].numpy(), x.numpy())
+    val = TSNDataset(src, samples, "flow", 3, 5, "val", 32, (0.5, 0.5), (0.25, 0.25))
+    # val: segment centres of 10 flow fields, 5 per snippet: avail 6, tick 2 -> starts 1, 3, 5
+    np.testing.assert_array_equal(val.indices(1)[:, 0], [1, 3, 5])   # vid01: 11 frames

@@ -1,0 +1,145 @@
+"""Group transforms: one draw per clip, crops at TSN's offsets, flips that invert flow x."""
+import numpy as np
+import pytest
+
+from tsn_pipeline import transforms as T
+
+
+def _rgb_clip(s=3, l=1, h=60, w=80, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (s, l, h, w, 3), dtype=np.uint8)
+
+
+def _flow_clip(s=2, l=5, h=60, w=80, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (s, l, 2, h, w), dtype=np.uint8)
+
+
+def test_crop_sizes_of_tsn_scale_set():
+    # 340x256 frames, 224 output: sizes int(256 * (1, .875, .75, .66)) = 256, 224, 192, 168
+    pairs = T.crop_size_pairs(340, 256, 224, T.RGB_SCALES)
+    assert set(pairs) == {(256, 256), (224, 256), (256, 224), (224, 224), (192, 224), (224, 192),
+                          (192, 192), (168, 192), (192, 168), (168, 168)}
+    flow_pairs = T.crop_size_pairs(340, 256, 224, T.FLOW_SCALES)
+    assert max(max(p) for p in flow_pairs) == 256 and min(min(p) for p in flow_pairs) == 192
+
+
+def test_fix_offsets_by_hand():
+    # 340x256 image, 224x224 crop: w step (340-224)//4 = 29, h step (256-224)//4 = 8
+    off = T.fix_offsets(340, 256, 224, 224, more_fix_crop=True)
+    assert off[:5] == [(0, 0), (116, 0), (0, 32), (116, 32), (58, 16)]
+    assert off[5:] == [(0, 16), (116, 16), (58, 32), (58, 0), (29, 8), (87, 8), (29, 24), (87, 24)]
+
+
+def test_multiscale_crop_matches_its_params_and_is_shared_by_the_group():
+    clip = _rgb_clip()
+    t = T.MultiScaleCrop(32, "hwc")
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        left, top, cw, ch = params = t.make_params(clip.shape, rng)
+        assert (left, top) in T.fix_offsets(80, 60, cw, ch)
+        assert (cw, ch) in T.crop_size_pairs(80, 60, 32, T.RGB_SCALES)
+        out = t.apply(clip, params)
+        assert out.shape == (3, 1, 32, 32, 3)
+        for s in range(3):   # every image of the group cropped at the same window
+            import cv2
+            want = cv2.resize(np.ascontiguousarray(clip[s, 0, top:top + ch, left:left + cw]),
+                              (32, 32), interpolation=cv2.INTER_LINEAR)
+            np.testing.assert_array_equal(out[s, 0], want)
+
+
+def test_flow_multiscale_crop_same_window_for_x_and_y():
+    clip = _flow_clip()
+    t = T.MultiScaleCrop(24, "flow")
+    params = t.make_params(clip.shape, np.random.default_rng(1))
+    left, top, cw, ch = params
+    out = t.apply(clip, params)
+    assert out.shape == (2, 5, 2, 24, 24)
+    import cv2
+    for s, l, c in [(0, 0, 0), (1, 4, 1), (1, 2, 0)]:
+        want = cv2.resize(np.ascontiguousarray(clip[s, l, c, top:top + ch, left:left + cw]),
+                          (24, 24), interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_array_equal(out[s, l, c], want)
+
+
+def test_flip_inverts_flow_x_only():
+    clip = _flow_clip()
+    out = T.hflip(clip, "flow")
+    np.testing.assert_array_equal(out[:, :, 0], 255 - clip[:, :, 0, :, ::-1])
+    np.testing.assert_array_equal(out[:, :, 1], clip[:, :, 1, :, ::-1])
+    f = np.random.default_rng(0).normal(size=(1, 2, 2, 4, 5)).astype(np.float32)
+    g = T.hflip(f, "flow")
+    np.testing.assert_array_equal(g[:, :, 0], -f[:, :, 0, :, ::-1])
+    rgb = _rgb_clip()
+    np.testing.assert_array_equal(T.hflip(rgb, "hwc"), rgb[..., ::-1, :])
+
+
+def test_random_flip_is_one_draw_per_clip():
+    clip = _flow_clip(s=3)
+    t = T.RandomHorizontalFlip("flow")
+    rng = np.random.default_rng(0)
+    flips = 0
+    for _ in range(40):
+        out = t(clip, rng)
+        flipped = [np.array_equal(out[s], T.hflip(clip[s], "flow")) for s in range(3)]
+        assert len(set(flipped)) == 1       # all snippets or none
+        flips += flipped[0]
+    assert 5 < flips < 35
+
+
+def test_ten_crop_corners_centre_and_flips():
+    clip = _flow_clip(s=1, l=2, h=40, w=50)
+    out = T.TenCrop(32, "flow")(clip)
+    assert out.shape == (10, 1, 2, 2, 32, 32)
+    # offsets: w step (50-32)//4 = 4, h step (40-32)//4 = 2 -> (0,0) (16,0) (0,8) (16,8) (8,4)
+    for i, (left, top) in enumerate([(0, 0), (16, 0), (0, 8), (16, 8), (8, 4)]):
+        np.testing.assert_array_equal(out[i], clip[..., top:top + 32, left:left + 32])
+        np.testing.assert_array_equal(out[5 + i, :, :, 0], 255 - out[i, :, :, 0, :, ::-1])
+        np.testing.assert_array_equal(out[5 + i, :, :, 1], out[i, :, :, 1, :, ::-1])
+
+
+def test_center_three_crop_and_resize():
+    clip = _rgb_clip(h=60, w=90)
+    c = T.CenterCrop(40, "hwc")(clip)
+    np.testing.assert_array_equal(c, clip[:, :, 10:50, 25:65])
+    three = T.ThreeCrop(60, "hwc")(clip)
+    assert three.shape == (3, 3, 1, 60, 60, 3)
+    np.testing.assert_array_equal(three[2], clip[:, :, :, 30:90])
+    r = T.Resize(30, "hwc")(clip)
+    assert r.shape == (3, 1, 30, 45, 3)
+    ev = T.eval_transform("flow", 32, "ten")(_flow_clip(h=60, w=80))
+    assert ev.shape == (10, 2, 5, 2, 32, 32)     # short side 32*256//224 = 36, then 10 crops
+
+
+def test_resize_many_planes_matches_opencv_per_image():
+    import cv2
+    clip = _flow_clip(s=60, l=5, h=20, w=30)          # 600 planes > 512 per cv2 call
+    out = T.resize(clip, "flow", 10, 12)
+    for s, l, c in [(0, 0, 0), (59, 4, 1), (31, 2, 0)]:
+        np.testing.assert_array_equal(out[s, l, c], cv2.resize(clip[s, l, c], (12, 10),
+                                                               interpolation=cv2.INTER_LINEAR))
+
+
+def test_normalize_layouts_and_values():
+    rgb = _rgb_clip(s=2, l=1, h=4, w=5)
+    x = T.normalize(rgb, "rgb", (0.5, 0.4, 0.3), (0.2, 0.25, 0.5))
+    assert tuple(x.shape) == (2, 3, 4, 5)
+    np.testing.assert_allclose(x[1, 2].numpy(), (rgb[1, 0, :, :, 2] / 255 - 0.3) / 0.5, rtol=1e-5, atol=1e-6)
+    flow = _flow_clip(s=2, l=5, h=4, w=5)
+    f = T.normalize(flow, "flow", (0.5, 0.5), (0.25, 0.25))
+    assert tuple(f.shape) == (2, 10, 4, 5)
+    # channels interleave x0 y0 x1 y1 ...: channel 7 is y of field 3
+    np.testing.assert_allclose(f[1, 7].numpy(), (flow[1, 3, 1] / 255 - 0.5) / 0.25, rtol=1e-5, atol=1e-6)
+    diff = T.normalize(_rgb_clip(s=2, l=6, h=4, w=5), "rgbdiff", (0,) * 3, (1,) * 3)
+    assert tuple(diff.shape) == (2, 18, 4, 5)
+    crops = T.normalize(T.TenCrop(4, "flow")(flow), "flow", (0.5, 0.5), (0.25, 0.25))
+    assert tuple(crops.shape) == (10, 2, 10, 4, 4)
+    with pytest.raises(ValueError, match="2 values"):
+        T.normalize(flow, "flow", (0.5,) * 3, (0.2,) * 3)
+
+
+def test_random_transforms_need_an_rng_and_bad_layouts_fail():
+    with pytest.raises(ValueError, match="rng"):
+        T.MultiScaleCrop(32)(_rgb_clip())
+    with pytest.raises(ValueError, match="layout"):
+        T.CenterCrop(32, "chw")
+    with pytest.raises(ValueError, match="modality"):
+        T.layout_of("depth")
