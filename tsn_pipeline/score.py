@@ -15,7 +15,7 @@ Score file layout (kind ``scores``; see also docs/SCORING.md)::
     /                       attrs: config (score config incl. checkpoint path and sha256),
                                    modality, classes, checkpoint, model_config, train_config
     /videos/<video_id>      attrs: label, class_name, modality, num_snippets, num_crops,
-                                   num_frames (length of the source video), crop_agg
+                                   crop_agg, source_length (frames, or flow fields, scored from)
         scores              float32 (num_snippets, num_classes)   after crop aggregation
         crop_scores         float32 (num_snippets, num_crops, num_classes)  with --save-crops
         snippet_indices     int64 (num_snippets, new_length)  0-based source frame/flow indices
@@ -26,6 +26,7 @@ over snippets before softmax).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,7 +60,7 @@ def aggregate_crops(crop_scores: np.ndarray, how: str = "mean") -> np.ndarray:
 def scores_record(video_id: str, crop_scores: np.ndarray, *, label: int, modality: str,
                   crop_agg: str = "mean", save_crops: bool = False,
                   snippet_indices: Optional[np.ndarray] = None, class_name: str = "",
-                  num_frames: Optional[int] = None) -> store.VideoRecord:
+                  source_length: Optional[int] = None) -> store.VideoRecord:
     """The stored record of one video from its ``(S, num_crops, K)`` snippet-crop scores."""
     crop_scores = np.asarray(crop_scores, dtype=np.float32)
     scores = aggregate_crops(crop_scores, crop_agg).astype(np.float32)
@@ -71,8 +72,8 @@ def scores_record(video_id: str, crop_scores: np.ndarray, *, label: int, modalit
     attrs = {"label": int(label), "class_name": class_name, "modality": modality,
              "num_snippets": int(scores.shape[0]), "num_crops": int(crop_scores.shape[1]),
              "crop_agg": crop_agg}
-    if num_frames is not None:
-        attrs["num_frames"] = int(num_frames)
+    if source_length is not None:
+        attrs["source_length"] = int(source_length)
     return store.VideoRecord(video_id, attrs=attrs, arrays=arrays)
 
 
@@ -131,3 +132,333 @@ def file_sha256(path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# -- settings -----------------------------------------------------------------------------
+CROP_NAMES = {1: "center", 3: "three", 10: "ten"}
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Test protocol of ``tsn score`` (defaults: TSN's 25 snippets x 10 crops, mean).
+
+    ``scale_size``: short side the frames are resized to before cropping (None: ``input_size
+    * 256 // 224``, i.e. 256 for 224 crops; frames decoded at 340x256 are then not resized).
+    """
+
+    num_snippets: int = 25
+    crops: int = 10
+    crop_agg: str = "mean"
+    scale_size: Optional[int] = None
+    save_crops: bool = False
+
+    def __post_init__(self):
+        if int(self.num_snippets) < 1:
+            raise ValueError(f"num_snippets={self.num_snippets} must be >= 1 (TSN: 25)")
+        if self.crops not in CROP_CHOICES:
+            raise ValueError(f"crops={self.crops} is not one of {CROP_CHOICES} (TSN: 10)")
+        if self.crop_agg not in CROP_AGGS:
+            raise ValueError(f"crop_agg={self.crop_agg!r} is not one of {CROP_AGGS}")
+        if self.scale_size is not None and int(self.scale_size) < 1:
+            raise ValueError(f"scale_size={self.scale_size} must be >= 1")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+# -- the snippet engine shared by score and features ----------------------------------------
+@dataclass(frozen=True)
+class SnippetPlan:
+    """How one video becomes model input: which items, which transform (picklable).
+
+    ``indices(num_items) -> (S, L)`` int64 item indices; ``transform`` maps the uint8 clip
+    ``(S, L, ...)`` to ``(crops, S, L, ...)`` (a crop axis is added for a centre crop).
+    """
+
+    modality: str
+    snippet_length: int
+    num_snippets: Optional[int] = None      # N evenly spaced snippets (TSN test sampling)
+    stride: Optional[int] = None            # or one snippet every `stride` items from 0
+    input_size: int = 224
+    crops: int = 1
+    scale_size: Optional[int] = None
+
+    def __post_init__(self):
+        if (self.num_snippets is None) == (self.stride is None):
+            raise ValueError("give exactly one of num_snippets and stride")
+        if self.crops not in CROP_CHOICES:
+            raise ValueError(f"crops={self.crops} is not one of {CROP_CHOICES}")
+
+    def indices(self, num_items: int) -> np.ndarray:
+        from .sampling import segment_indices
+
+        if self.num_snippets is not None:
+            return segment_indices(num_items, self.num_snippets, self.snippet_length, "test")
+        return stride_indices(num_items, self.stride, self.snippet_length)
+
+    def transform(self):
+        from .transforms import eval_transform
+
+        return eval_transform(self.modality, self.input_size, CROP_NAMES[self.crops],
+                              self.scale_size)
+
+
+def stride_indices(num_items: int, stride: int, length: int) -> np.ndarray:
+    """Snippets starting at items ``0, stride, 2*stride, ...`` while a whole snippet fits.
+
+    Returns ``(S, length)`` int64. A video shorter than one snippet gives one snippet at 0
+    with the last item repeated (as ``sampling.segment_indices``).
+
+    >>> stride_indices(40, 16, 1)[:, 0].tolist()
+    [0, 16, 32]
+    >>> stride_indices(40, 16, 5)[:, 0].tolist()      # last start must leave 5 fields: <= 35
+    [0, 16, 32]
+    >>> stride_indices(36, 16, 5)[:, 0].tolist()      # 32 + 5 > 36
+    [0, 16]
+    >>> stride_indices(3, 16, 5).tolist()
+    [[0, 1, 2, 2, 2]]
+    """
+    if int(num_items) < 1:
+        raise ValueError(f"num_items={num_items}: a video needs at least one frame/flow field")
+    if int(stride) < 1 or int(length) < 1:
+        raise ValueError(f"stride={stride} and length={length} must be >= 1")
+    avail = max(int(num_items) - int(length) + 1, 1)
+    starts = np.arange(0, avail, int(stride), dtype=np.int64)
+    idx = starts[:, None] + np.arange(int(length), dtype=np.int64)[None, :]
+    return np.minimum(idx, int(num_items) - 1)
+
+
+def num_items(sources, video_id: str, modality: str) -> int:
+    """Frames (rgb, rgbdiff) or flow fields (flow, warped) of a video.
+
+    Flow shards record both ``num_frames`` and ``num_flows``; the index's ``length`` takes
+    ``num_frames`` first, so for flow the ``num_flows`` attribute is read here.
+    """
+    from . import data
+
+    n = data.num_items(sources, video_id, modality)
+    if data.needs(modality) == "flow":
+        attrs = data.shard_set(sources, modality)[video_id].attrs
+        if "num_flows" in attrs:
+            n = int(attrs["num_flows"])
+    return n
+
+
+class SnippetDataset:
+    """One item per task: ``(task, indices (S, L), uint8 clip (crops * S, L, ...))`` or
+    ``(task, None, exception)``. Runs in DataLoader workers; never raises per video."""
+
+    def __init__(self, sources, tasks: Sequence[batch.Task], plan: SnippetPlan):
+        self.sources = sources
+        self.tasks = list(tasks)
+        self.plan = plan
+        self.transform = plan.transform()
+
+    def __len__(self):
+        return len(self.tasks)
+
+    def __getitem__(self, i):
+        from . import data
+
+        task = self.tasks[i]
+        try:
+            n = num_items(self.sources, task.video_id, self.plan.modality)
+            idx = self.plan.indices(n)
+            clip = data.load_clip(self.sources, task.video_id, self.plan.modality, idx)
+            out = self.transform(clip, None)
+            if self.plan.crops == 1:
+                out = out[None]
+            out = np.ascontiguousarray(out.reshape((-1,) + out.shape[2:]))   # (crops*S, L, ..)
+            return task, idx, out
+        except Exception as exc:   # recorded as this video's failure by the batch runner
+            return task, None, exc
+
+
+def _identity(item):
+    return item
+
+
+def iter_clips(dataset: SnippetDataset, workers: int) -> Iterator[Tuple]:
+    """Items of ``dataset`` in order; ``workers > 1`` reads them in that many processes."""
+    if workers <= 1 or len(dataset) <= 1:
+        for i in range(len(dataset)):
+            yield dataset[i]
+        return
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=int(workers),
+                        collate_fn=_identity, prefetch_factor=2, persistent_workers=False)
+    yield from loader
+
+
+def normalize_rows(x, modality: str, mean: Sequence[float], std: Sequence[float]):
+    """uint8 torch rows ``(N, L, H, W, 3)`` / ``(N, L, 2, H, W)`` (any device) -> float32
+    ``(N, C, H, W)``: the same values as ``transforms.normalize``, computed where ``x`` is."""
+    import torch
+
+    from .transforms import layout_of
+
+    if layout_of(modality) == "hwc":
+        x = x.movedim(-1, -3)                       # (N, L, 3, H, W)
+    base = x.shape[-3]
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(base, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(base, 1, 1)
+    x = (x.to(torch.float32) / 255.0 - m) / s
+    return x.reshape(x.shape[0], x.shape[1] * base, x.shape[-2], x.shape[-1])
+
+
+def run_model(model, forward: str, items: Iterator[Tuple], cfg_mean, cfg_std, modality: str,
+              batch_size: int, device) -> Iterator[Tuple[batch.Task, Any, Any]]:
+    """Forward the rows of several videos in device batches of ``batch_size`` rows.
+
+    ``items``: ``(task, indices, uint8 rows | exception)`` from ``iter_clips``. Yields
+    ``(task, indices, outputs float32 numpy (rows, D))`` or ``(task, None, exception)``,
+    in input order. ``forward``: ``"forward_snippets"`` or ``"forward_features"``.
+    """
+    import torch
+
+    fn = getattr(model, forward)
+    pending: List[Tuple] = []
+    rows = 0
+
+    def flush():
+        nonlocal pending, rows
+        good = [p for p in pending if not isinstance(p[2], BaseException)]
+        outs: Dict[int, Any] = {}
+        if good:
+            try:
+                x = torch.from_numpy(np.concatenate([p[2] for p in good]))
+                chunks = []
+                with torch.inference_mode():
+                    for a in range(0, x.shape[0], batch_size):
+                        xb = normalize_rows(x[a:a + batch_size].to(device, non_blocking=True),
+                                            modality, cfg_mean, cfg_std)
+                        chunks.append(fn(xb).float().cpu())
+                y = torch.cat(chunks).numpy()
+                a = 0
+                for p in good:
+                    outs[id(p)] = y[a:a + len(p[2])]
+                    a += len(p[2])
+            except Exception as exc:     # e.g. out of device memory: these videos fail
+                for p in good:
+                    outs[id(p)] = exc
+        for p in pending:
+            res = p[2] if isinstance(p[2], BaseException) else outs[id(p)]
+            yield (p[0], None, res) if isinstance(res, BaseException) else (p[0], p[1], res)
+        pending, rows = [], 0
+
+    for item in items:
+        pending.append(item)
+        if not isinstance(item[2], BaseException):
+            rows += len(item[2])
+        if rows >= batch_size:
+            yield from flush()
+    if pending:
+        yield from flush()
+
+
+def resolve_device(name: str):
+    """``auto`` -> ``cuda`` when available, else ``cpu``; other names as given."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for but CUDA is not available; use --device cpu")
+    return dev
+
+
+# -- selecting the videos of a shard --------------------------------------------------------
+def plan_tasks(shards, shard_index: int, num_shards: int, split: Optional[str] = None,
+               video_list=None) -> Tuple[List[batch.Task], List[Dict[str, str]]]:
+    """Tasks of one output shard, from the input shards' index (or a list), sorted by id.
+
+    Videos of the list missing from the input shards are failures (never silently skipped).
+    ``split`` keeps the videos whose ``split`` (list column or shard attribute) matches.
+    """
+    if video_list is not None:
+        items = [(it.video_id, int(it.label), it.class_name, it.split) for it in video_list.items]
+    else:
+        items = [(e.video_id, e.label, str(e.attrs.get("class_name", "") or ""),
+                  str(e.attrs.get("split", "") or "")) for e in shards.entries()]
+    if split:
+        items = [it for it in items if it[3] == split]
+    by_id = {}
+    for it in items:
+        by_id.setdefault(it[0], it)
+    mine = batch.assign_shard(list(by_id), shard_index, num_shards)
+    tasks, failures = [], []
+    for vid in mine:
+        _, label, class_name, _ = by_id[vid]
+        if vid not in shards:
+            failures.append({"video_id": vid, "source": "",
+                             "reason": f"not in the input shards {shards.paths}"})
+            continue
+        tasks.append(batch.Task(vid, shards[vid].shard, label, {"class_name": class_name}))
+    return tasks, failures
+
+
+def class_names(model_cfg, train_cfg: Dict[str, Any], shards) -> Optional[List[str]]:
+    """Class names for the score file: the training config's, else the input shards' list
+    when it has ``num_classes`` entries."""
+    for names in (train_cfg.get("classes"), *(r.get("classes") for r in shards.root.values())):
+        names = _as_names(names)
+        if names is not None and len(names) == model_cfg.num_classes:
+            return list(names)
+    return None
+
+
+# -- the stage ------------------------------------------------------------------------------
+def run_score(checkpoint, sources, out_dir, cfg: ScoreConfig, shard_index: int = 0,
+              num_shards: int = 1, split: Optional[str] = None, video_list=None,
+              batch_size: int = 250, device: str = "auto", workers: int = 1,
+              overwrite: bool = False, retry_failed: bool = False,
+              progress: bool = True) -> batch.Summary:
+    """Score shard ``shard_index`` of ``num_shards``: see the module docstring."""
+    from . import data
+    from .model import load_checkpoint
+
+    dev = resolve_device(device)
+    model, mcfg, train_cfg = load_checkpoint(str(checkpoint), map_location="cpu")
+    model.to(dev).eval()
+    shards = data.shard_set(sources, mcfg.modality)
+    plan = SnippetPlan(mcfg.modality, mcfg.snippet_length, num_snippets=cfg.num_snippets,
+                       input_size=mcfg.input_size, crops=cfg.crops, scale_size=cfg.scale_size)
+    tasks, failures = plan_tasks(shards, shard_index, num_shards, split, video_list)
+    classes = class_names(mcfg, train_cfg, shards)
+    config = dict(cfg.to_dict(), modality=mcfg.modality, checkpoint=str(checkpoint),
+                  checkpoint_sha256=file_sha256(checkpoint), input_size=mcfg.input_size)
+
+    def batch_process(todo: List[batch.Task]):
+        clips = iter_clips(SnippetDataset(sources, todo, plan), workers)
+        for task, idx, out in run_model(model, "forward_snippets", clips, mcfg.mean, mcfg.std,
+                                        mcfg.modality, batch_size, dev):
+            if isinstance(out, BaseException):
+                yield task, out
+                continue
+            s = idx.shape[0]
+            crop_scores = out.reshape(cfg.crops, s, -1).transpose(1, 0, 2)   # (S, crops, K)
+            yield task, scores_record(
+                task.video_id, crop_scores, label=task.label, modality=mcfg.modality,
+                crop_agg=cfg.crop_agg, save_crops=cfg.save_crops, snippet_indices=idx,
+                class_name=task.meta.get("class_name", ""),
+                source_length=num_items(sources, task.video_id, mcfg.modality))
+
+    root_extra = {"modality": mcfg.modality, "checkpoint": str(checkpoint),
+                  "model_config": json.dumps(mcfg.to_dict(), sort_keys=True),
+                  "train_config": json.dumps(train_cfg, sort_keys=True, default=str),
+                  "classes": json.dumps(classes)}
+    return batch.run_stage(kind=KIND, out_dir=out_dir, shard_index=shard_index,
+                           num_shards=num_shards, config=config, tasks=tasks,
+                           batch_process=batch_process, overwrite=overwrite,
+                           retry_failed=retry_failed, progress=progress,
+                           root_extra=root_extra, initial_failures=failures)
+
+
+def shard_accuracy(path, topk: Sequence[int] = (1, 5)) -> Dict[str, Any]:
+    """Video-level metrics of one score file (snippet-averaged scores, labelled videos)."""
+    from . import metrics
+
+    vs = load_video_scores([path])
+    return metrics.evaluate(vs.scores, vs.labels, topk)

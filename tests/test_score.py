@@ -1,0 +1,330 @@
+"""`tsn score` on real (tiny) frame and flow shards with a tiny random TSN checkpoint.
+
+Frames are 36x48 and the model's input 32x32, so the default scale size (32 * 256 // 224 =
+36) keeps frames as they are and the 10 crops sit at left 0 / 8 / 16, top 0 / 2 / 4. The
+shards are PNG so that a mirrored video is stored exactly mirrored (JPEG blocks are not).
+"""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from tsn_pipeline import batch, store
+
+H, W, S_IN = 36, 48, 32
+CLASSES = ["a", "b", "c", "d"]
+# crop (left, top) of the 10-crop protocol for 36x48 frames and 32x32 crops, in order
+TEN = [(0, 0), (16, 0), (0, 4), (16, 4), (8, 2)]
+# crop j of a mirrored video is crop MIRROR[j] of the original mirrored
+MIRROR = [1, 0, 3, 2, 4]
+
+
+# -- fixtures: tiny shards and checkpoints ------------------------------------------------
+def frames_of(n, seed):
+    return np.random.default_rng(seed).integers(0, 256, size=(n, H, W, 3), dtype=np.uint8)
+
+
+def flow_of(n, seed):
+    """(n, 2, H, W) uint8 quantised flow codes, x first."""
+    return np.random.default_rng(100 + seed).integers(0, 256, size=(n, 2, H, W), dtype=np.uint8)
+
+
+VIDEOS = {"vid_a": (31, 0, "train"), "vid_b": (12, 2, "test"), "vid_c": (7, 3, "test")}
+
+
+def write_frame_shards(out, videos=VIDEOS, num_shards=1, mirror=False):
+    """Frame shards in the layout of `tsn decode` (PNG instead of JPEG)."""
+    for i in range(num_shards):
+        tasks = [batch.Task(v, "synthetic", videos[v][1]) for v in
+                 batch.assign_shard(list(videos), i, num_shards)]
+
+        def bp(todo):
+            for t in todo:
+                n, label, split = videos[t.video_id]
+                fr = frames_of(n, sorted(videos).index(t.video_id))
+                if mirror:
+                    fr = fr[:, :, ::-1]
+                yield t, store.VideoRecord(
+                    t.video_id, attrs={"num_frames": n, "fps": 25.0, "height": H, "width": W,
+                                       "label": label, "class_name": CLASSES[label],
+                                       "split": split},
+                    streams={"rgb": [store.encode_image(np.ascontiguousarray(f), "png")
+                                     for f in fr]})
+
+        s = batch.run_stage(kind="frames", out_dir=out, shard_index=i, num_shards=num_shards,
+                            config={"test": True}, tasks=tasks, batch_process=bp,
+                            progress=False, root_extra={"classes": json.dumps(CLASSES)})
+        assert s.failed == 0
+    return out
+
+
+def write_flow_shards(out, videos=VIDEOS, mirror=False):
+    """Flow shards in the layout of `tsn flow` (tvl1 streams, PNG, bound 20)."""
+    tasks = [batch.Task(v, "synthetic", videos[v][1]) for v in sorted(videos)]
+
+    def bp(todo):
+        for t in todo:
+            n, label, split = videos[t.video_id]
+            fl = flow_of(n - 1, sorted(videos).index(t.video_id))
+            if mirror:                  # the flow of the mirrored video: mirrored, x negated
+                fl = fl[..., ::-1].copy()
+                fl[:, 0] = 255 - fl[:, 0]
+            yield t, store.VideoRecord(
+                t.video_id, attrs={"num_frames": n, "num_flows": n - 1, "step": 1, "height": H,
+                                   "width": W, "label": label, "class_name": CLASSES[label],
+                                   "split": split, "encoding": "png", "bound": 20.0,
+                                   "kinds": ["tvl1"]},
+                streams={"tvl1_x": [store.encode_image(np.ascontiguousarray(f[0]), "png") for f in fl],
+                         "tvl1_y": [store.encode_image(np.ascontiguousarray(f[1]), "png") for f in fl]})
+
+    s = batch.run_stage(kind="flow", out_dir=out, shard_index=0, num_shards=1,
+                        config={"kinds": ["tvl1"], "encoding": "png", "bound": 20.0},
+                        tasks=tasks, batch_process=bp, progress=False,
+                        root_extra={"classes": json.dumps(CLASSES)})
+    assert s.failed == 0
+    return out
+
+
+def tiny_model(modality="rgb", seed=0, **kw):
+    """resnet10 TSN, 32x32 input, random weights with a large classifier (distinct scores)."""
+    import torch
+
+    from tsn_pipeline.model import ModelConfig, build_model
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(arch="resnet10", modality=modality, num_classes=len(CLASSES),
+                      input_size=S_IN, new_length=kw.pop("new_length", None), **kw)
+    model = build_model(cfg)
+    torch.nn.init.normal_(model.fc.weight, 0.0, 1.0)
+    return model.eval(), cfg
+
+
+def save_checkpoint(path, model, cfg, train_config=None):
+    """A checkpoint in the format `tsn train` writes (model.CHECKPOINT_FORMAT)."""
+    import torch
+
+    from tsn_pipeline.model import CHECKPOINT_FORMAT
+
+    torch.save({"format": CHECKPOINT_FORMAT, "model_config": json.dumps(cfg.to_dict()),
+                "train_config": json.dumps(train_config or {}), "model": model.state_dict()},
+               path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def rgb_setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rgb")
+    model, cfg = tiny_model("rgb")
+    ckpt = save_checkpoint(d / "rgb.pt", model, cfg)
+    return {"dir": d, "frames": write_frame_shards(d / "frames", num_shards=2),
+            "mirrored": write_frame_shards(d / "frames-mirrored", mirror=True),
+            "ckpt": ckpt, "model": model, "cfg": cfg}
+
+
+def run_cli(args):
+    res = CliRunner().invoke(main, args)
+    return res
+
+
+def read_scores(folder):
+    shards = store.open_shards(folder, kind="scores")
+    out = {v: {n: shards.read_array(v, n) for n in ("scores", "crop_scores", "snippet_indices")
+               if n in shards._group(v)} for v in shards.ids}
+    attrs = {v: shards[v].attrs for v in shards.ids}
+    root = next(iter(shards.root.values()))
+    shards.close()
+    return out, attrs, root
+
+
+def hand_starts(n, k=25):
+    """TSN test sampling by hand: tick = n / k, start_i = int(tick / 2 + tick * i)."""
+    tick = n / k
+    return [int(tick / 2 + tick * i) for i in range(k)]
+
+
+# -- tests --------------------------------------------------------------------------------
+def test_score_shapes_ids_and_values_equal_a_hand_ten_crop(rgb_setup, tmp_path):
+    import torch
+
+    out = tmp_path / "scores"
+    for i in range(2):
+        res = run_cli(["score", str(rgb_setup["ckpt"]), "--frames", str(rgb_setup["frames"]),
+                       "--out", str(out), "--save-crops", "--num-shards", "2", "--shard-index",
+                       str(i), "--no-progress"])
+        assert res.exit_code == 0, res.output
+        lines = [json.loads(x) for x in res.stdout.strip().splitlines()]
+        assert set(lines[0]["accuracy"]) >= {"top1", "top5", "mean_class_accuracy"}
+        assert lines[1]["ok"] == len(batch.assign_shard(list(VIDEOS), i, 2))
+    # score shard i holds the videos of frame shard i
+    for i in range(2):
+        s = store.open_shards(out / f"scores-{i}-of-2.h5")
+        f = store.open_shards(rgb_setup["frames"] / f"frames-{i}-of-2.h5")
+        assert s.ids == f.ids
+    scores, attrs, root = read_scores(out)
+    assert sorted(scores) == sorted(VIDEOS)
+    assert root["modality"] == "rgb" and root["classes"] == CLASSES
+    assert root["config"]["num_snippets"] == 25 and root["config"]["crops"] == 10
+    assert root["config"]["checkpoint"] == str(rgb_setup["ckpt"])
+    assert root["model_config"]["arch"] == "resnet10"
+    model, cfg = rgb_setup["model"], rgb_setup["cfg"]
+    mean = np.array(cfg.mean, dtype=np.float32)
+    std = np.array(cfg.std, dtype=np.float32)
+    for vid, (n, label, _) in VIDEOS.items():
+        sc = scores[vid]
+        assert sc["scores"].shape == (25, 4) and sc["scores"].dtype == np.float32
+        assert sc["crop_scores"].shape == (25, 10, 4)
+        assert sc["snippet_indices"][:, 0].tolist() == hand_starts(n)
+        assert attrs[vid]["label"] == label and attrs[vid]["num_snippets"] == 25
+        np.testing.assert_allclose(sc["scores"], sc["crop_scores"].mean(1), rtol=1e-6)
+        # reference: crop by hand from the original frames, normalise, run the model
+        fr = frames_of(n, sorted(VIDEOS).index(vid))[hand_starts(n)]          # (25, H, W, 3)
+        crops = [fr[:, t:t + S_IN, l:l + S_IN] for l, t in TEN]
+        crops += [c[:, :, ::-1] for c in crops]
+        x = (np.stack(crops).astype(np.float32) / 255 - mean) / std           # (10, 25, h, w, 3)
+        x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 1, 4, 2, 3).reshape(-1, 3, S_IN, S_IN)))
+        with torch.inference_mode():
+            ref = model.forward_snippets(x).numpy().reshape(10, 25, 4).transpose(1, 0, 2)
+        np.testing.assert_allclose(sc["crop_scores"], ref, rtol=1e-4, atol=1e-4)
+        assert not np.allclose(ref[:, 0], ref[:, 1], atol=1e-3)   # crops do differ
+
+
+@pytest.mark.parametrize("modality", ["rgb", "flow"])
+def test_ten_crop_of_mirrored_video_equals_original(modality, rgb_setup, tmp_path):
+    """Any model: the 10 crops of a mirrored video are the 10 crops of the original (corners
+    swapped, flips swapped; flow x inverted), so scores agree crop for crop after permuting.
+    A flip that forgot to invert flow x would break this for flow."""
+    if modality == "rgb":
+        ckpt, opt = rgb_setup["ckpt"], "--frames"
+        srcs = (rgb_setup["frames"], rgb_setup["mirrored"])
+    else:
+        model, cfg = tiny_model("flow", seed=2, new_length=2)
+        ckpt, opt = save_checkpoint(tmp_path / "flow.pt", model, cfg), "--flow"
+        srcs = (write_flow_shards(tmp_path / "fa"), write_flow_shards(tmp_path / "fb", mirror=True))
+    a, b = tmp_path / "a", tmp_path / "b"
+    for src, out in zip(srcs, (a, b)):
+        res = run_cli(["score", str(ckpt), opt, str(src), "--out", str(out), "--save-crops",
+                       "--no-progress", "--batch-size", "64", "--num-snippets", "5"])
+        assert res.exit_code == 0, res.output
+    sa, _, _ = read_scores(a)
+    sb, _, _ = read_scores(b)
+    perm = MIRROR + [5 + j for j in MIRROR]
+    flipped = [5 + j for j in MIRROR] + MIRROR      # crop j of b is the flip of crop perm[j] of a
+    for vid in VIDEOS:
+        np.testing.assert_allclose(sb[vid]["scores"], sa[vid]["scores"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(sb[vid]["crop_scores"], sa[vid]["crop_scores"][:, flipped],
+                                   rtol=1e-5, atol=1e-5)
+        assert not np.allclose(sb[vid]["crop_scores"], sa[vid]["crop_scores"][:, perm], atol=1e-3)
+
+
+class FlipSymmetric:
+    """f_sym(x) = (f(x) + f(P x)) / 2 with P the horizontal flip of the model input (flow x
+    channels negated: normalised 255 - x is exactly -x as the flow mean is 0.5). Invariant to
+    flips by construction, so all 10 crops pair up: crop j and crop j + 5 score the same."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def forward_snippets(self, x):
+        import torch
+
+        p = torch.flip(x, dims=[-1])
+        if self.model.cfg.modality in ("flow", "warped"):
+            p = p.clone()
+            p[:, 0::2] = -p[:, 0::2]
+        return (self.model.forward_snippets(x) + self.model.forward_snippets(p)) / 2
+
+
+@pytest.mark.parametrize("modality", ["rgb", "flow"])
+def test_flip_symmetric_model_gives_equal_ten_crop_scores(modality, tmp_path):
+    from tsn_pipeline import data
+    from tsn_pipeline.score import SnippetDataset, SnippetPlan, run_model
+
+    model, cfg = tiny_model(modality, seed=1, new_length=2 if modality == "flow" else None)
+    sym = FlipSymmetric(model)
+    videos = {"vid_a": VIDEOS["vid_a"], "vid_b": VIDEOS["vid_b"]}
+    outs = {}
+    for mirror in (False, True):
+        if modality == "rgb":
+            src = data.Sources.open(frames=write_frame_shards(tmp_path / f"f{mirror}", videos,
+                                                              mirror=mirror))
+        else:
+            src = data.Sources.open(flow=write_flow_shards(tmp_path / f"f{mirror}", videos,
+                                                           mirror=mirror))
+        plan = SnippetPlan(modality, cfg.snippet_length, num_snippets=5, input_size=S_IN,
+                           crops=10)
+        tasks = [batch.Task(v, "", 0) for v in sorted(videos)]
+        clips = (SnippetDataset(src, tasks, plan)[i] for i in range(len(tasks)))
+        for task, idx, y in run_model(sym, "forward_snippets", clips, cfg.mean, cfg.std,
+                                      modality, 100, "cpu"):
+            assert not isinstance(y, BaseException), y
+            outs[(mirror, task.video_id)] = y.reshape(10, 5, -1)
+    for vid in videos:
+        a, b = outs[(False, vid)], outs[(True, vid)]
+        np.testing.assert_allclose(a[:5], a[5:], rtol=1e-5, atol=1e-5)      # invariance
+        np.testing.assert_allclose(b.mean(0), a.mean(0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(b[:5], a[MIRROR], rtol=1e-5, atol=1e-5)
+        assert not np.allclose(a[0], a[1], atol=1e-3)
+
+
+def test_score_flow_checkpoint_and_crop_options(tmp_path):
+    model, cfg = tiny_model("flow", new_length=2)
+    ckpt = save_checkpoint(tmp_path / "flow.pt", model, cfg)
+    flow = write_flow_shards(tmp_path / "flow")
+    res = run_cli(["score", str(ckpt), "--flow", str(flow), "--out", str(tmp_path / "s3"),
+                   "--crops", "3", "--crop-agg", "max", "--num-snippets", "4", "--save-crops",
+                   "--split", "test", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    scores, attrs, root = read_scores(tmp_path / "s3")
+    assert sorted(scores) == ["vid_b", "vid_c"]            # the test split only
+    for vid in scores:
+        n_flows = VIDEOS[vid][0] - 1
+        assert scores[vid]["crop_scores"].shape == (4, 3, 4)
+        np.testing.assert_array_equal(scores[vid]["scores"], scores[vid]["crop_scores"].max(1))
+        avail = n_flows - 2 + 1                      # start positions of 2-field stacks
+        starts = [int(avail / 8 + avail / 4 * i) for i in range(4)]
+        assert scores[vid]["snippet_indices"][:, 0].tolist() == starts
+        assert scores[vid]["snippet_indices"].shape == (4, 2)
+        assert attrs[vid]["modality"] == "flow" and attrs[vid]["source_length"] == n_flows
+    # a flow checkpoint given frames only: a clear error
+    frames = write_frame_shards(tmp_path / "frames")
+    res = run_cli(["score", str(ckpt), "--frames", str(frames), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 1 and "reads flow shards; give them with --flow" in res.output
+
+
+def test_score_resume_and_failures(rgb_setup, tmp_path):
+    out = tmp_path / "s"
+    lst = tmp_path / "list.csv"
+    lst.write_text("video_id,path,label,class_name,split\n"
+                   "vid_a,x.avi,0,a,test\nvid_b,y.avi,2,c,test\nvid_zz,z.avi,1,b,test\n")
+    args = ["score", str(rgb_setup["ckpt"]), "--frames", str(rgb_setup["frames"]),
+            "--out", str(out), "--list", str(lst), "--crops", "1", "--num-snippets", "3",
+            "--no-progress"]
+    res = run_cli(args)
+    assert res.exit_code == 1 and "1 of 3 videos failed" in res.output
+    fails = json.loads((out / "scores-0-of-1.failures.json").read_text())
+    assert [f["video_id"] for f in fails] == ["vid_zz"]
+    scores, attrs, _ = read_scores(out)
+    assert sorted(scores) == ["vid_a", "vid_b"] and attrs["vid_b"]["label"] == 2  # list label
+    # rerun: shard complete, nothing recomputed; other settings are refused
+    res = run_cli(args)
+    assert '"status": "complete"' in res.stdout
+    res = run_cli(args[:-3] + ["--num-snippets", "5", "--no-progress"])
+    assert res.exit_code == 1 and "other settings" in res.output
+
+
+def test_normalize_rows_matches_transforms_normalize():
+    import torch
+
+    from tsn_pipeline.score import normalize_rows
+    from tsn_pipeline.transforms import normalize
+
+    rng = np.random.default_rng(0)
+    for modality, shape, mean, std in (("rgb", (6, 1, 8, 10, 3), (.4, .5, .6), (.2, .3, .25)),
+                                       ("flow", (6, 3, 2, 8, 10), (.5, .5), (.22, .22))):
+        clip = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        ref = normalize(clip, modality, mean, std)
+        got = normalize_rows(torch.from_numpy(clip), modality, mean, std)
+        assert got.shape == ref.shape
+        assert torch.equal(got, ref)
