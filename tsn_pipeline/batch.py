@@ -301,6 +301,13 @@ def run_stage(*, kind: str, out_dir, shard_index: int, num_shards: int,
             root = _read_shard_root(final)
             _check_compatible(final, root, config)
             previous = root.get("failed") or []
+            # a run killed between the rename and its clean-up leaves these behind
+            shutil.rmtree(parts, ignore_errors=True)
+            if not failures_file.exists():
+                try:
+                    atomic_write_text(failures_file, json.dumps(previous, indent=1, sort_keys=True) + "\n")
+                except OSError as exc:
+                    raise _output_error(failures_file, exc, "write") from exc
             if not (retry_failed and previous):
                 summary.status = "complete"
                 summary.ok = int(root.get("num_videos", 0))

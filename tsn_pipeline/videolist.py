@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -80,13 +81,14 @@ def from_directory(root, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> VideoL
     if not paths:
         raise VideoListError(f"{root}: no video files ({', '.join(sorted(exts))}) below this folder")
     rels = [p.relative_to(root) for p in paths]
+    # control characters in a file name would make an unusable id: they become "_"
     classes = sorted({r.parts[0] for r in rels if len(r.parts) > 1})
     index = {c: i for i, c in enumerate(classes)}
     items = []
     for p, r in zip(paths, rels):
         cls = r.parts[0] if len(r.parts) > 1 else ""
         try:
-            vid = video_id_from_path(p.name)
+            vid = video_id_from_path(re.sub(r"[\x00-\x1f\x7f]", "_", p.name))
         except ValueError as exc:
             raise VideoListError(f"{p}: {exc}") from exc
         items.append(VideoItem(vid, str(p), index.get(cls, -1), cls, ""))

@@ -1,0 +1,221 @@
+"""Fault injection across stages: bad files, SIGKILL, concurrency, full and read-only disks,
+old schemas. Every test runs the real `tsn` command in a subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import REPO, run_tsn, textured_frames
+from tsn_pipeline import store
+from tsn_pipeline.videoio import write_video
+
+pytestmark = pytest.mark.faults
+
+
+def _summary(proc) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _failures(out: Path, kind: str = "frames") -> dict:
+    data = json.loads((out / f"{kind}-0-of-1.failures.json").read_text())
+    return {f["video_id"]: f["reason"] for f in data}
+
+
+def test_odd_file_names_are_stored_under_safe_ids(tmp_path):
+    names = ["with space.mkv", "vidéo ü.mkv", "quote'\"s.mkv", "100%.mkv", "-dash.mkv",
+             "new\nline.mkv", "semi;colon#.mkv"]
+    (tmp_path / "v").mkdir()
+    for i, name in enumerate(names):
+        write_video(tmp_path / "v" / name, textured_frames(3, 24, 32, seed=i))
+    out = tmp_path / "out"
+    run_tsn("decode", tmp_path / "v", "--out", out, "--size", "original", "--no-progress", check=0)
+    ids = store.open_shards(out).ids
+    assert sorted(ids) == sorted(["with space", "vidéo ü", "quote'\"s", "100%", "-dash",
+                                  "new_line", "semi;colon#"])
+    rows = [json.loads(line) for line in run_tsn("info", "--json", out, check=0).stdout.splitlines()]
+    assert {r["video_id"] for r in rows} == set(ids)
+    with h5py.File(out / "frames-0-of-1.h5", "r") as f:   # every id is a direct child of /videos
+        assert sorted(f["videos"].keys()) == sorted(ids)
+        assert set(f.keys()) == {"videos"}
+
+
+def test_ids_that_could_escape_their_group_are_refused(tmp_path):
+    for bad in ("../x", "a/b", ".", "..", "tab\there"):
+        with pytest.raises(ValueError):
+            store.VideoRecord(bad)
+    listing = tmp_path / "list.csv"
+    listing.write_text("video_id,path\n../../etc,whatever.avi\n")
+    proc = run_tsn("decode", listing, "--out", tmp_path / "out", "--no-progress")
+    assert proc.returncode == 1 and "not allowed" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_extension_single_frame_and_unreadable(tmp_path):
+    videos = tmp_path / "v"
+    videos.mkdir()
+    write_video(videos / "real_mkv.avi", textured_frames(4, 24, 32))      # content decides
+    write_video(videos / "one_frame.mkv", textured_frames(1, 24, 32))
+    (videos / "text.mp4").write_text("hello")
+    locked = videos / "locked.mkv"
+    write_video(locked, textured_frames(4, 24, 32))
+    locked.chmod(0)
+    cmd = [sys.executable, "-m", "cli", "decode", str(videos), "--out", str(tmp_path / "out"),
+           "--size", "original", "--no-progress"]
+    if os.geteuid() == 0:   # root reads anything: drop the capabilities that let it
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: cannot make a file unreadable")
+        cmd = [setpriv, "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    failures = _failures(tmp_path / "out")
+    assert set(failures) == {"text", "locked"}
+    assert "not a readable video" in failures["text"]
+    assert "locked" in failures["locked"] and "permission denied" in failures["locked"]
+    shards = store.open_shards(tmp_path / "out")
+    assert shards["real_mkv"].length == 4 and shards["one_frame"].length == 1
+
+
+def _make_videos(folder: Path, n: int, frames: int = 24, size=(96, 72)):
+    for i in range(n):
+        path = folder / f"c{i % 3}" / f"vid{i:02d}.mkv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_video(path, textured_frames(frames, size[1], size[0], seed=i))
+
+
+def test_repeated_sigkill_then_resume_is_byte_identical(tmp_path):
+    _make_videos(tmp_path / "v", 12)
+    args = ["decode", tmp_path / "v", "--size", "original", "--no-progress", "--workers", "2"]
+    run_tsn(*args, "--out", tmp_path / "whole", check=0)
+    out = tmp_path / "killed"
+    rng = random.Random(7)
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-m", "cli", *map(str, args), "--out", str(out)],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        time.sleep(rng.uniform(0.3, 1.5))
+        os.killpg(proc.pid, signal.SIGKILL)      # the workers too, as a preempted job
+        proc.wait()
+        assert not list(out.glob("*.h5")) or (out / "frames-0-of-1.h5").exists()
+    run_tsn(*args, "--out", out, check=0)
+    assert (out / "frames-0-of-1.h5").read_bytes() == (tmp_path / "whole" / "frames-0-of-1.h5").read_bytes()
+    assert not list(out.glob("*.tmp")) and not (out / ".frames-0-of-1.h5.parts").exists()
+    assert json.loads((out / "frames-0-of-1.failures.json").read_text()) == []
+
+
+def test_two_processes_on_one_shard_never_corrupt_it(tmp_path):
+    _make_videos(tmp_path / "v", 6)
+    cmd = [sys.executable, "-m", "cli", "decode", str(tmp_path / "v"), "--out",
+           str(tmp_path / "out"), "--size", "original", "--no-progress"]
+    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    codes = sorted(r[0] for r in results)
+    assert codes in ([0, 0], [0, 1]), results
+    for code, _, err in results:
+        if code == 1:
+            assert "another process is writing" in err
+    assert store.verify_shard(tmp_path / "out" / "frames-0-of-1.h5") == []
+    assert len(store.open_shards(tmp_path / "out")) == 6
+
+
+@pytest.fixture
+def small_fs():
+    """mount(size, read_only) -> a folder on a fresh tmpfs of that size (root only)."""
+    mounts = []
+
+    def mount(size: str, read_only: bool = False) -> Path:
+        where = Path(tempfile.mkdtemp(prefix="tsn-fs-"))
+        opts = f"size={size}" + (",ro" if read_only else "")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            where.rmdir()
+            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); "
+                        "test_write_error_via_file_size_limit covers the same path")
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", str(where)], check=False)
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def test_full_disk_names_the_path_and_leaves_no_shard(tmp_path, small_fs):
+    _make_videos(tmp_path / "v", 6, frames=40, size=(128, 96))
+    fs = small_fs("400k")
+    proc = run_tsn("decode", tmp_path / "v", "--out", fs / "out", "--size", "original",
+                   "--encoder", "opencv", "--quality", "100", "--no-progress")
+    assert proc.returncode == 1
+    assert "No space left on device" in proc.stderr and str(fs / "out") in proc.stderr
+    assert not list((fs / "out").glob("*.h5")) and not list((fs / "out").glob("*.h5.tmp"))
+
+
+def test_read_only_output_folder_is_a_clear_error(tmp_path, small_fs):
+    _make_videos(tmp_path / "v", 1, frames=2)
+    fs = small_fs("1m", read_only=True)
+    proc = run_tsn("decode", tmp_path / "v", "--out", fs / "out", "--no-progress")
+    assert proc.returncode == 1
+    assert "Read-only file system" in proc.stderr and str(fs / "out") in proc.stderr
+
+
+def test_write_error_via_file_size_limit(tmp_path):
+    """The same failure path without mount privileges: writes past RLIMIT_FSIZE fail (EFBIG)."""
+    import resource
+
+    _make_videos(tmp_path / "v", 4, frames=30, size=(128, 96))
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+
+    out = tmp_path / "out"
+    proc = run_tsn("decode", tmp_path / "v", "--out", out, "--size", "original", "--encoder",
+                   "opencv", "--quality", "100", "--no-progress", preexec_fn=limit)
+    assert proc.returncode == 1
+    assert "File too large" in proc.stderr and str(out) in proc.stderr
+    assert not list(out.glob("*.h5")) and not list(out.glob("*.h5.tmp"))
+    rerun = run_tsn("decode", tmp_path / "v", "--out", out, "--size", "original", "--encoder",
+                    "opencv", "--quality", "100", "--no-progress", check=0)
+    assert _summary(rerun)["ok"] == 4      # space is back: the run finishes what it had
+
+
+def test_old_schema_and_other_settings_are_refused(tmp_path):
+    _make_videos(tmp_path / "v", 2, frames=3)
+    args = ["decode", tmp_path / "v", "--out", tmp_path / "out", "--no-progress"]
+    run_tsn(*args, "--size", "32x24", check=0)
+    shard = tmp_path / "out" / "frames-0-of-1.h5"
+    with h5py.File(shard, "r+") as f:
+        f.attrs["schema_version"] = 0
+    proc = run_tsn(*args, "--size", "32x24")
+    assert proc.returncode == 1 and "schema version 0" in proc.stderr
+    with pytest.raises(store.StoreError, match="schema version 0"):
+        store.open_shards(shard)
+
+
+def test_unfinished_runs_are_never_read_as_results(tmp_path):
+    _make_videos(tmp_path / "v", 2, frames=3)
+    out = tmp_path / "out"
+    run_tsn("decode", tmp_path / "v", "--out", out, "--size", "32x24", "--no-progress", check=0)
+    (out / "frames-0-of-1.h5").rename(out / "frames-0-of-1.h5.tmp")
+    with pytest.raises(store.StoreError, match="no frames files"):
+        store.open_shards(out, kind="frames")
+    with pytest.raises(store.StoreError, match="unfinished shard"):
+        store.open_shards(out / "frames-0-of-1.h5.tmp")
+    proc = run_tsn("info", out)
+    assert proc.returncode == 1 and "no shard files" in proc.stderr
