@@ -111,7 +111,7 @@ def test_center_three_crop_and_resize():
 
 def test_resize_many_planes_matches_opencv_per_image():
     import cv2
-    clip = _flow_clip(s=60, l=5, h=20, w=30)          # 600 planes > 512 per cv2 call
+    clip = _flow_clip(s=60, l=5, h=20, w=30)          # 600 planes > 128 per cv2 call
     out = T.resize(clip, "flow", 10, 12)
     for s, l, c in [(0, 0, 0), (59, 4, 1), (31, 2, 0)]:
         np.testing.assert_array_equal(out[s, l, c], cv2.resize(clip[s, l, c], (12, 10),

@@ -27,6 +27,7 @@ import numpy as np
 LAYOUTS = ("hwc", "flow")
 FLOW_X, FLOW_Y = 0, 1
 # TSN's scale set (ratios of the short side) for multi-scale cropping.
+_MAX_CN = 128   # channels per cv2.resize call (CV_CN_MAX is 128 in OpenCV 5, 512 in 4)
 RGB_SCALES = (1.0, 0.875, 0.75, 0.66)
 FLOW_SCALES = (1.0, 0.875, 0.75)
 
@@ -65,7 +66,7 @@ def crop(clip: np.ndarray, layout: str, top: int, left: int, height: int, width:
 
 
 def resize(clip: np.ndarray, layout: str, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of every image to ``height x width`` (one OpenCV call per 512 planes)."""
+    """Bilinear resize of every image to ``height x width`` (one OpenCV call per 128 planes)."""
     import cv2
 
     h, w = spatial_size(clip, layout)
@@ -80,8 +81,8 @@ def resize(clip: np.ndarray, layout: str, height: int, width: int) -> np.ndarray
         lead = clip.shape[:-2]
         planes = np.ascontiguousarray(clip.reshape((-1, h, w)).transpose(1, 2, 0))  # (h, w, M)
     chunks = []
-    for start in range(0, planes.shape[-1], 512):   # cv2.resize takes at most 512 channels
-        part = cv2.resize(np.ascontiguousarray(planes[..., start:start + 512]), (width, height),
+    for start in range(0, planes.shape[-1], _MAX_CN):
+        part = cv2.resize(np.ascontiguousarray(planes[..., start:start + _MAX_CN]), (width, height),
                           interpolation=cv2.INTER_LINEAR)
         chunks.append(part.reshape(height, width, -1))
     out = np.concatenate(chunks, axis=-1) if len(chunks) > 1 else chunks[0]
