@@ -399,11 +399,11 @@ class TSN(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.base = build_backbone(cfg.arch)
+        self.base.set_in_channels(cfg.backbone_channels)
         self.pretrained_report: Optional[Dict[str, Any]] = None
         if cfg.pretrained:
             self.pretrained_report = load_pretrained(
                 self.base, cfg.pretrained, cfg.backbone_channels, cfg.cross_modality_init)
-        self.base.set_in_channels(cfg.backbone_channels)
         self.dropout = nn.Dropout(p=cfg.dropout)
         self.fc = nn.Linear(self.base.num_features, cfg.num_classes)
         nn.init.normal_(self.fc.weight, 0.0, 0.001)     # tsn-pytorch's new classifier init
