@@ -1,0 +1,135 @@
+"""Feature stage: a TSN checkpoint + frame/flow shards -> snippet feature shards.
+
+Reads: frame shards (rgb, rgbdiff models) or flow shards (flow, warped models) and one
+checkpoint. Writes ``features-<i>-of-<n>.h5`` through the shared batch runner (resume,
+failures file, lock), for models that consume per-snippet features (temporal action
+localisation: BSN/BMN-style pipelines read one feature vector every 16 frames).
+
+The feature of a snippet is the backbone's globally pooled output, before TSN's dropout and
+classifier (``TSN.forward_features``; 2048-d for ResNet-50, 1024-d for BN-Inception). Snippets
+are taken either every ``stride`` items from item 0 (``--stride 16``: items 0, 16, 32, ...
+while a whole snippet fits) or ``num_snippets`` evenly spaced (TSN's test sampling). With
+several crops the crop features are averaged.
+
+Feature file layout (kind ``features``; plain HDF5, see docs/SCORING.md)::
+
+    /                      attrs: config (features config incl. checkpoint and sha256),
+                                  modality, feature_dim, checkpoint, model_config, classes
+    /videos/<video_id>     attrs: label, class_name, modality, num_snippets, feature_dim,
+                                  snippet_length, source_length, fps (when the source has it)
+        features           float32 | float16 (num_snippets, feature_dim)
+        frame_indices      int64 (num_snippets,)   0-based first frame (flow: first field)
+                                                    of each snippet
+
+For flow, field ``t`` is the motion from frame ``t`` to ``t + 1``: a 5-field snippet at
+``frame_indices[i] = t`` covers frames ``t .. t + 5``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from . import batch, store
+from .score import (CROP_CHOICES, SnippetDataset, SnippetPlan, class_names, file_sha256,
+                    iter_clips, num_items, plan_tasks, resolve_device, run_model)
+
+KIND = "features"
+DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """Which snippets, which crops, which dtype. Exactly one of ``stride``/``num_snippets``."""
+
+    stride: Optional[int] = 16
+    num_snippets: Optional[int] = None
+    crops: int = 1
+    scale_size: Optional[int] = None
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if (self.stride is None) == (self.num_snippets is None):
+            raise ValueError("give exactly one of stride (e.g. 16) and num_snippets (e.g. 100)")
+        if self.stride is not None and int(self.stride) < 1:
+            raise ValueError(f"stride={self.stride} must be >= 1")
+        if self.num_snippets is not None and int(self.num_snippets) < 1:
+            raise ValueError(f"num_snippets={self.num_snippets} must be >= 1")
+        if self.crops not in CROP_CHOICES:
+            raise ValueError(f"crops={self.crops} is not one of {CROP_CHOICES}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is not one of {DTYPES}")
+        if self.scale_size is not None and int(self.scale_size) < 1:
+            raise ValueError(f"scale_size={self.scale_size} must be >= 1")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def features_record(video_id: str, crop_features: np.ndarray, snippet_indices: np.ndarray, *,
+                    label: int, modality: str, dtype: str = "float32", class_name: str = "",
+                    source_length: Optional[int] = None,
+                    fps: Optional[float] = None) -> store.VideoRecord:
+    """Stored record of one video from ``(crops, S, D)`` features and ``(S, L)`` indices."""
+    crop_features = np.asarray(crop_features, dtype=np.float32)
+    if crop_features.ndim != 3:
+        raise ValueError(f"features must be (crops, snippets, dim), got {crop_features.shape}")
+    feats = crop_features.mean(axis=0).astype(dtype)
+    idx = np.asarray(snippet_indices, dtype=np.int64)
+    attrs = {"label": int(label), "class_name": class_name, "modality": modality,
+             "num_snippets": int(feats.shape[0]), "feature_dim": int(feats.shape[1]),
+             "snippet_length": int(idx.shape[1])}
+    if source_length is not None:
+        attrs["source_length"] = int(source_length)
+    if fps is not None:
+        attrs["fps"] = float(fps)
+    return store.VideoRecord(video_id, attrs=attrs,
+                             arrays={"features": feats, "frame_indices": idx[:, 0].copy()})
+
+
+def run_features(checkpoint, sources, out_dir, cfg: FeaturesConfig, shard_index: int = 0,
+                 num_shards: int = 1, split: Optional[str] = None, video_list=None,
+                 batch_size: int = 256, device: str = "auto", workers: int = 1,
+                 overwrite: bool = False, retry_failed: bool = False,
+                 progress: bool = True) -> batch.Summary:
+    """Feature shard ``shard_index`` of ``num_shards``: see the module docstring."""
+    from . import data
+    from .model import load_checkpoint
+
+    dev = resolve_device(device)
+    model, mcfg, train_cfg = load_checkpoint(str(checkpoint), map_location="cpu")
+    model.to(dev).eval()
+    shards = data.shard_set(sources, mcfg.modality)
+    plan = SnippetPlan(mcfg.modality, mcfg.snippet_length, num_snippets=cfg.num_snippets,
+                       stride=cfg.stride, input_size=mcfg.input_size, crops=cfg.crops,
+                       scale_size=cfg.scale_size)
+    tasks, failures = plan_tasks(shards, shard_index, num_shards, split, video_list)
+    config = dict(cfg.to_dict(), modality=mcfg.modality, checkpoint=str(checkpoint),
+                  checkpoint_sha256=file_sha256(checkpoint), input_size=mcfg.input_size)
+
+    def batch_process(todo):
+        clips = iter_clips(SnippetDataset(sources, todo, plan), workers)
+        for task, idx, out in run_model(model, "forward_features", clips, mcfg.mean, mcfg.std,
+                                        mcfg.modality, batch_size, dev):
+            if isinstance(out, BaseException):
+                yield task, out
+                continue
+            fps = shards[task.video_id].attrs.get("fps")
+            yield task, features_record(
+                task.video_id, out.reshape(cfg.crops, idx.shape[0], -1), idx,
+                label=task.label, modality=mcfg.modality, dtype=cfg.dtype,
+                class_name=task.meta.get("class_name", ""),
+                source_length=num_items(sources, task.video_id, mcfg.modality),
+                fps=float(fps) if fps is not None else None)
+
+    root_extra = {"modality": mcfg.modality, "checkpoint": str(checkpoint),
+                  "feature_dim": int(model.base.num_features),
+                  "model_config": json.dumps(mcfg.to_dict(), sort_keys=True),
+                  "classes": json.dumps(class_names(mcfg, train_cfg, shards))}
+    return batch.run_stage(kind=KIND, out_dir=out_dir, shard_index=shard_index,
+                           num_shards=num_shards, config=config, tasks=tasks,
+                           batch_process=batch_process, overwrite=overwrite,
+                           retry_failed=retry_failed, progress=progress,
+                           root_extra=root_extra, initial_failures=failures)
