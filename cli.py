@@ -14,6 +14,7 @@ import click
 # command name -> (module under tsn_pipeline.commands, attribute)
 COMMANDS = {
     "decode": ("decode", "decode"),
+    "flow": ("flow", "flow"),
     "train": ("train", "train"),
     "info": ("inspect", "info"),
     "verify": ("inspect", "verify"),
