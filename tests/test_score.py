@@ -101,15 +101,17 @@ def tiny_model(modality="rgb", seed=0, **kw):
     return model.eval(), cfg
 
 
-def save_checkpoint(path, model, cfg, train_config=None):
-    """A checkpoint in the format `tsn train` writes (model.CHECKPOINT_FORMAT)."""
+def save_checkpoint(path, model, cfg):
+    """Save ``model`` with the training code's own checkpoint writer (as `tsn train` does)."""
     import torch
 
-    from tsn_pipeline.model import CHECKPOINT_FORMAT
+    from tsn_pipeline.train import TrainConfig, atomic_torch_save, checkpoint_state
 
-    torch.save({"format": CHECKPOINT_FORMAT, "model_config": json.dumps(cfg.to_dict()),
-                "train_config": json.dumps(train_config or {}), "model": model.state_dict()},
-               path)
+    opt = torch.optim.SGD(model.parameters(), lr=0.001)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[10])
+    tcfg = TrainConfig(modality=cfg.modality, frames="frames", num_classes=cfg.num_classes,
+                       iterations=1)
+    atomic_torch_save(checkpoint_state(model, cfg, tcfg, opt, sched, 0, 0, None, []), path)
     return path
 
 
