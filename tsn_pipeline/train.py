@@ -41,6 +41,7 @@ BEST = "best.pt"
 METRICS = "metrics.jsonl"
 PLOT = "metrics.png"
 CONFIG_JSON = "train_config.json"
+PLOT_EVERY_S = 30.0     # redraw metrics.png at most this often (and after the last epoch)
 
 # TSN's released recipe (TSN_NOTES.md): lr, lr steps and stop in iterations, clip grad.
 RECIPES = {
@@ -84,6 +85,7 @@ class TrainConfig:
     channels_last: bool = False
     sync_bn: bool = False
     workers: int = 2
+    threads: Optional[int] = None
     device: str = "auto"
     seed: int = 0
     deterministic: bool = False
@@ -206,6 +208,8 @@ class _StridedSampler:
 
 # -- setup --------------------------------------------------------------------------------
 def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, numpy and torch; with ``deterministic`` allow only deterministic kernels
+    (``run_training`` restores the previous setting when it returns)."""
     import torch
 
     random.seed(seed)
@@ -319,7 +323,7 @@ def checkpoint_state(model, mcfg, cfg: TrainConfig, optimizer, scheduler, epoch:
     }
 
 
-_RESUME_FREE = {"workers", "device"}   # settings a resumed run may change
+_RESUME_FREE = {"workers", "device", "threads"}   # settings a resumed run may change
 
 
 def _resume_check(stored: Dict[str, Any], cfg: TrainConfig, path: Path) -> None:
@@ -359,9 +363,10 @@ def train_one_epoch(model, loader, optimizer, scheduler, cfg: TrainConfig, d: Di
         bad = _all_sum([0.0 if torch.isfinite(loss).item() else 1.0], d)[0]
         if bad:
             ids = [video_ids[int(i)] for i in idx]
-            raise TrainError(f"loss is not finite ({loss.item()}) at step {step} (epoch {epoch}, "
-                             f"batch {b}, rank {d.rank}; videos {ids[:8]}); lower --lr, keep "
-                             "--clip-grad on, or check the input of these videos")
+            raise TrainError(f"loss is not finite ({loss.item()}) at step {step + 1} (epoch "
+                             f"{epoch + 1}, batch {b + 1} of the epoch, rank {d.rank}; videos "
+                             f"{ids[:8]}); lower --lr, keep --clip-grad on, or check the input "
+                             "of these videos")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip_grad:
@@ -467,7 +472,29 @@ def run_training(cfg: TrainConfig, model_kwargs: Dict[str, Any], out, resume: bo
     if resume and not ckpt_path.exists():
         raise TrainError(f"--resume: no {CHECKPOINT} in {out}")
 
-    seed_everything(cfg.seed, cfg.deterministic)
+    import torch.backends.cudnn
+
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+                torch.get_num_threads())
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        seed_everything(cfg.seed, cfg.deterministic)
+        return _train(cfg, model_kwargs, out, d, ckpt_path, resume, progress)
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
+        torch.set_num_threads(previous[2])
+
+
+def _train(cfg: TrainConfig, model_kwargs, out: Path, d: Dist, ckpt_path: Path, resume: bool,
+           progress) -> Dict[str, Any]:
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from . import data
+    from .model import ModelConfig, build_model
+
     sources, train_s, val_s, num_classes = build_datasets(cfg)
     if cfg.num_classes is None:
         cfg = replace(cfg, num_classes=num_classes)
@@ -536,6 +563,7 @@ def run_training(cfg: TrainConfig, model_kwargs: Dict[str, Any], out, resume: bo
 
         net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     video_ids = [s.video_id for s in train_s]
+    last_plot = time.monotonic()
     for epoch in range(start_epoch, num_epochs):
         if step >= stop:
             break
@@ -559,7 +587,10 @@ def run_training(cfg: TrainConfig, model_kwargs: Dict[str, Any], out, resume: bo
             if improved:
                 atomic_torch_save(state, out / BEST)
             _write_history(history, out)
-            plot_metrics(history, out / PLOT)
+            last_epoch = epoch + 1 == num_epochs or step >= stop
+            if last_epoch or time.monotonic() - last_plot > PLOT_EVERY_S:
+                plot_metrics(history, out / PLOT)
+                last_plot = time.monotonic()
             if progress:
                 progress(row)
     if d.world > 1:

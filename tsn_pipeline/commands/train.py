@@ -99,6 +99,9 @@ def _modality_overrides(ctx, modality: str, params: dict) -> dict:
 @click.option("--sync-bn", is_flag=True, help="SyncBatchNorm across torchrun processes (CUDA).")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="DataLoader worker processes (per training process).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch intra-op threads per process [default: torch's choice]; 1 is "
+                   "often fastest for small models on a busy CPU.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoint.pt, best.pt, metrics.jsonl, metrics.png.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoint.pt.")
@@ -132,7 +135,7 @@ def train(ctx, **params):
             batch_size=p["batch_size"], lr=p["lr"], lr_steps=p["lr_steps"],
             lr_gamma=p["lr_gamma"], momentum=p["momentum"], weight_decay=p["weight_decay"],
             clip_grad=p["clip_grad"], amp=p["amp"], channels_last=p["channels_last"],
-            sync_bn=p["sync_bn"], workers=p["workers"], device=p["device"], seed=p["seed"],
+            sync_bn=p["sync_bn"], workers=p["workers"], threads=p["threads"], device=p["device"], seed=p["seed"],
             deterministic=p["deterministic"], val_every=p["val_every"])
         model_kwargs = dict(
             arch=p["arch"], num_segments=p["num_segments"], new_length=p["new_length"],

@@ -1,0 +1,173 @@
+"""`tsn train` end to end on real shards: overfitting, resume after a kill, clear errors.
+
+Tiny settings throughout (resnet10, 32x32 input, a handful of videos) so the whole file
+runs in well under a minute on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_train_data import make_flow_shards, make_frame_shards, video_table
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--arch", "resnet10", "--input-size", "32", "--workers", "0", "--seed", "1", "--threads", "1",
+        "--num-segments", "2"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_shards")
+    rows = video_table(num_videos=4, num_classes=4, num_frames=10, val=2)
+    make_frame_shards(root / "frames", rows)
+    make_flow_shards(root / "flow", rows, kinds=("tvl1",))
+    return root
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def _history(run):
+    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_overfits_real_clips_and_writes_the_run_folder(shared_videos, tmp_path, cli_runner):
+    from tsn_pipeline.model import load_checkpoint
+    from tsn_pipeline.videolist import VideoItem, write_video_list_csv
+
+    clips = sorted(p for p in shared_videos.iterdir() if p.suffix in (".avi", ".mp4"))
+    items = [VideoItem(p.stem, str(p), i, p.stem[:12], "train") for i, p in enumerate(clips)]
+    write_video_list_csv(items, tmp_path / "list.csv")
+    r = cli_runner("decode", tmp_path / "list.csv", "--out", tmp_path / "frames",
+                   "--size", "48x36", "--no-progress")
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "run"
+    r = cli_runner("train", "--frames", tmp_path / "frames", "--list", tmp_path / "list.csv",
+                   "--modality", "rgb", *TINY, "--num-segments", "3", "--epochs", "60",
+                   "--batch-size", str(len(items)), "--lr", "0.02", "--lr-steps", "40",
+                   "--dropout", "0", "--out", run)
+    assert r.exit_code == 0, r.output
+    hist = _history(run)
+    assert [h["epoch"] for h in hist] == list(range(1, 61))
+    # from chance (1 of 5) to every training clip right in each of the last 5 epochs
+    assert hist[0]["top1"] <= 0.4 and all(h["top1"] == 1.0 for h in hist[-5:])
+    assert max(h["loss"] for h in hist[-5:]) < hist[0]["loss"] / 4
+    assert hist[0]["lr"] == pytest.approx(0.02) and hist[-1]["lr"] == pytest.approx(0.002)
+    assert (run / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model, mcfg, tcfg = load_checkpoint(run / "checkpoint.pt")
+    assert (mcfg.num_classes, mcfg.modality, mcfg.num_segments) == (len(items), "rgb", 3)
+    assert tcfg["epochs"] == 60 and tcfg["batch_size"] == len(items) and not model.training
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["final"]["top1"] == 1.0 and summary["train_videos"] == len(items)
+
+
+def test_flow_training_validates_and_keeps_best(synth, tmp_path, cli_runner):
+    run = tmp_path / "flow"
+    r = cli_runner("train", "--flow", synth / "flow", "--modality", "flow", *TINY,
+                   "--new-length", "3", "--epochs", "3", "--batch-size", "4",
+                   "--val-split", "test", "--out", run)
+    assert r.exit_code == 0, r.output
+    hist = _history(run)
+    assert all("val_top1" in h and h["val_clips"] == 2 for h in hist)
+    best = max(h["val_top1"] for h in hist)
+    ckpt = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    assert ckpt["best"] == best
+    assert "val loss" in r.stderr and "epoch 3" in r.stderr
+
+
+def test_resume_after_kill_gives_the_same_weights(synth, tmp_path, cli_runner):
+    args = ["train", "--frames", str(synth / "frames"), "--modality", "rgb", *TINY,
+            "--epochs", "5", "--batch-size", "2", "--lr", "0.01", "--deterministic"]
+    full = tmp_path / "full"
+    r = cli_runner(*args, "--out", full)
+    assert r.exit_code == 0, r.output
+
+    killed = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "cli", *args, "--out", str(killed)], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while not (killed / "checkpoint.pt").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    epoch = torch.load(killed / "checkpoint.pt", weights_only=True)["epoch"]
+    assert 1 <= epoch < 5, "the run finished before the kill: nothing left to resume"
+    r = cli_runner("train", "--frames", synth / "frames", "--out", killed)   # no --resume
+    assert r.exit_code == 1 and "--resume" in r.output
+    r = cli_runner(*args, "--out", killed, "--resume")
+    assert r.exit_code == 0, r.output
+    a, b = _weights(full / "checkpoint.pt"), _weights(killed / "checkpoint.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [h["loss"] for h in _history(full)] == [h["loss"] for h in _history(killed)]
+    r = cli_runner(*args, "--out", killed, "--resume", "--lr", "0.02")
+    assert r.exit_code == 1 and "lr: 0.01 -> 0.02" in r.output
+
+
+def test_nan_loss_stops_with_step_and_batch(synth, tmp_path, cli_runner):
+    r = cli_runner("train", "--frames", synth / "frames", "--modality", "rgb", *TINY,
+                   "--epochs", "4", "--batch-size", "4", "--lr", "1e12", "--clip-grad", "0",
+                   "--out", tmp_path / "nan")
+    assert r.exit_code == 1
+    assert "loss is not finite" in r.output and "at step " in r.output and "batch 1" in r.output
+    assert "vid0" in r.output
+
+
+def test_clear_errors(synth, tmp_path, cli_runner):
+    from tsn_pipeline.videolist import VideoItem, write_video_list_csv
+
+    base = ["train", *TINY, "--epochs", "1", "--batch-size", "2", "--out", tmp_path / "e"]
+    # label out of range
+    r = cli_runner(*base, "--frames", synth / "frames", "--num-classes", "3")
+    assert r.exit_code == 1 and "label 3, outside 0..2" in r.output
+    # a listed video with no flow
+    write_video_list_csv([VideoItem("vid00", "x.avi", 0, "c0", "train"),
+                          VideoItem("ghost", "y.avi", 1, "c1", "train")], tmp_path / "l.csv")
+    r = cli_runner(*base, "--flow", synth / "flow", "--modality", "flow", "--list",
+                   tmp_path / "l.csv")
+    assert r.exit_code == 1 and "ghost" in r.output and "no flow" in r.output
+    # modality / shard mismatch: warped asked of tvl1-only shards; rgb without frame shards
+    r = cli_runner(*base, "--flow", synth / "flow", "--modality", "warped")
+    assert r.exit_code == 1 and "no 'warped' flow (shard holds ['tvl1'])" in r.output
+    r = cli_runner(*base, "--flow", synth / "flow", "--modality", "rgb")
+    assert r.exit_code == 1 and "--frames" in r.output
+    r = cli_runner(*base, "--frames", synth / "flow")
+    assert r.exit_code == 1 and "'flow' shard, expected 'frames'" in r.output
+    # missing ImageNet weights, unsupported settings
+    r = cli_runner(*base, "--frames", synth / "frames", "--pretrained", tmp_path / "no.pth")
+    assert r.exit_code == 1 and "never downloads" in r.output
+    r = cli_runner(*base, "--frames", synth / "frames", "--epochs", "1", "--iterations", "3")
+    assert r.exit_code == 2 and "not both" in r.output
+    r = cli_runner(*base, "--frames", synth / "frames", "--sync-bn")
+    assert r.exit_code == 1 and "CUDA" in r.output
+
+
+def test_config_file_per_modality_defaults(synth, tmp_path, cli_runner):
+    cfg = tmp_path / "p.toml"
+    cfg.write_text('[train]\nbatch_size = 2\nlr = 0.02\n[train.flow]\nlr = 0.03\nnew_length = 2\n')
+    r = cli_runner("--config", cfg, "train", "--flow", synth / "flow", "--modality", "flow",
+                   *TINY, "--iterations", "1", "--out", tmp_path / "f")
+    assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "f" / "train_config.json").read_text())
+    assert saved["train"]["lr"] == 0.03 and saved["train"]["batch_size"] == 2
+    assert saved["model"]["new_length"] == 2 and saved["train"]["iterations"] == 1
+    r = cli_runner("--config", cfg, "train", "--frames", synth / "frames", "--modality", "rgb",
+                   *TINY, "--iterations", "1", "--lr", "0.5", "--out", tmp_path / "r")
+    saved = json.loads((tmp_path / "r" / "train_config.json").read_text())
+    assert r.exit_code == 0 and saved["train"]["lr"] == 0.5 and saved["model"]["new_length"] == 1
