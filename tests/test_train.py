@@ -148,6 +148,8 @@ def test_clear_errors(synth, tmp_path, cli_runner):
     r = cli_runner(*base, "--flow", synth / "flow", "--modality", "rgb")
     assert r.exit_code == 1 and "--frames" in r.output
     r = cli_runner(*base, "--frames", synth / "flow")
+    assert r.exit_code == 1 and "no frames files" in r.output
+    r = cli_runner(*base, "--frames", synth / "flow" / "flow-0-of-1.h5")
     assert r.exit_code == 1 and "'flow' shard, expected 'frames'" in r.output
     # missing ImageNet weights, unsupported settings
     r = cli_runner(*base, "--frames", synth / "frames", "--pretrained", tmp_path / "no.pth")
