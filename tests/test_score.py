@@ -330,3 +330,46 @@ def test_normalize_rows_matches_transforms_normalize():
         got = normalize_rows(torch.from_numpy(clip), modality, mean, std)
         assert got.shape == ref.shape
         assert torch.equal(got, ref)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+def test_reader_workers_give_the_same_scores(rgb_setup, tmp_path):
+    """--workers 2 reads/crops in DataLoader processes (the shard sets are pickled into
+    them); the file must not change, byte for byte in its arrays."""
+    outs = []
+    for w in ("1", "2"):
+        out = tmp_path / f"w{w}"
+        res = run_cli(["score", str(rgb_setup["ckpt"]), "--frames", str(rgb_setup["mirrored"]),
+                       "--out", str(out), "--workers", w, "--num-snippets", "3", "--crops", "1",
+                       "--batch-size", "4", "--no-progress"])
+        assert res.exit_code == 0, res.output
+        outs.append(read_scores(out)[0])
+    for vid in VIDEOS:
+        np.testing.assert_array_equal(outs[0][vid]["scores"], outs[1][vid]["scores"])
+
+
+def test_score_rgb_and_flow_then_fuse(rgb_setup, tmp_path):
+    """Score files written by `tsn score` feed `tsn fuse`: modality names and class names come
+    from the files, TSN's default weights apply, and the fused scores are 1 * rgb + 1.5 *
+    flow of the snippet-averaged scores."""
+    model, cfg = tiny_model("flow", new_length=2)
+    ckpt = save_checkpoint(tmp_path / "flow.pt", model, cfg)
+    flow = write_flow_shards(tmp_path / "flow")
+    common = ["--num-snippets", "2", "--crops", "1", "--no-progress"]
+    assert run_cli(["score", str(rgb_setup["ckpt"]), "--frames", str(rgb_setup["frames"]),
+                    "--out", str(tmp_path / "s-rgb")] + common).exit_code == 0
+    assert run_cli(["score", str(ckpt), "--flow", str(flow), "--out", str(tmp_path / "s-flow")]
+                   + common).exit_code == 0
+    res = run_cli(["fuse", "--scores", str(tmp_path / "s-rgb"), "--scores",
+                   str(tmp_path / "s-flow"), "--out", str(tmp_path / "fused"), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["weights"] == {"rgb": 1.0, "flow": 1.5} and report["classes"] == CLASSES
+    rgb, _, _ = read_scores(tmp_path / "s-rgb")
+    fl, _, _ = read_scores(tmp_path / "s-flow")
+    import csv
+    with open(tmp_path / "fused" / "predictions.csv") as fh:
+        rows = {r["video_id"]: int(r["fused"]) for r in csv.DictReader(fh)}
+    for vid in VIDEOS:
+        fused = rgb[vid]["scores"].mean(0) + 1.5 * fl[vid]["scores"].mean(0)
+        assert rows[vid] == int(np.argmax(fused))
