@@ -192,3 +192,10 @@ def test_cli_refuses_different_class_lists(tmp_path):
     res = CliRunner().invoke(main, ["fuse", "--scores", str(tmp_path / "rgb"), "--scores",
                                     str(tmp_path / "flow"), "--out", str(tmp_path / "f")])
     assert res.exit_code == 1 and "different label maps" in res.output
+
+
+def test_cli_refuses_labels_outside_the_classes(tmp_path):
+    write_scores(tmp_path / "rgb", "rgb", dict(RGB, v4=(3, RGB["v4"][1])))
+    res = CliRunner().invoke(main, ["fuse", "--scores", str(tmp_path / "rgb"), "--out",
+                                    str(tmp_path / "f")])
+    assert res.exit_code == 1 and "labels [3] outside 0..2" in res.output

@@ -314,6 +314,11 @@ def test_score_resume_and_failures(rgb_setup, tmp_path):
     assert '"status": "complete"' in res.stdout
     res = run_cli(args[:-3] + ["--num-snippets", "5", "--no-progress"])
     assert res.exit_code == 1 and "other settings" in res.output
+    # nothing selected: an error, not an empty shard
+    res = run_cli(["score", str(rgb_setup["ckpt"]), "--frames", str(rgb_setup["frames"]),
+                   "--out", str(tmp_path / "none"), "--split", "nosuch"])
+    assert res.exit_code == 1 and "no videos to process" in res.output
+    assert not (tmp_path / "none").exists()
 
 
 def test_normalize_rows_matches_transforms_normalize():

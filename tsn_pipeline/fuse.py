@@ -174,6 +174,13 @@ def align(tables: Mapping[str, VideoScores], intersection: bool = False) -> Alig
             raise FuseError(f"class names of {m!r} differ from {names[0]!r} at indices "
                             f"{diff[:_SHOWN]}; the files use different label maps")
         classes = classes or tuple(t.classes)
+    k = next(iter(ks.values()))
+    for m, t in tables.items():
+        bad = t.labels[(t.labels >= k) | (t.labels < -1)]
+        if bad.size:
+            raise FuseError(f"{m!r} has labels {sorted(set(bad.tolist()))[:_SHOWN]} outside "
+                            f"0..{k - 1} (-1 = unknown) for {k} classes; the scores and the "
+                            "labels come from different class lists")
     id_sets = {m: set(t.ids) for m, t in tables.items()}
     union = set().union(*id_sets.values())
     common = set.intersection(*id_sets.values())

@@ -387,6 +387,10 @@ def plan_tasks(shards, shard_index: int, num_shards: int, split: Optional[str] =
     by_id = {}
     for it in items:
         by_id.setdefault(it[0], it)
+    if not by_id:
+        where = "the list" if video_list is not None else f"the shards {shards.paths}"
+        raise ValueError(f"no videos to process in {where}"
+                         + (f" with split {split!r}" if split else ""))
     mine = batch.assign_shard(list(by_id), shard_index, num_shards)
     tasks, failures = [], []
     for vid in mine:

@@ -95,6 +95,9 @@ def score(checkpoint, out_dir, num_snippets, crops, crop_agg, scale_size, save_c
     except (DataError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     if summary.ok:
-        acc = shard_accuracy(summary.shard)
+        try:
+            acc = shard_accuracy(summary.shard)
+        except ValueError as exc:     # labels outside the model's classes: say so, go on
+            acc = {"error": str(exc)}
         click.echo(json.dumps({"accuracy": acc, "shard": summary.shard}, sort_keys=True))
     report(summary)
