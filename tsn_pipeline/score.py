@@ -231,16 +231,14 @@ def stride_indices(num_items: int, stride: int, length: int) -> np.ndarray:
 def num_items(sources, video_id: str, modality: str) -> int:
     """Frames (rgb, rgbdiff) or flow fields (flow, warped) of a video.
 
-    Flow shards record both ``num_frames`` and ``num_flows``; the index's ``length`` takes
-    ``num_frames`` first, so for flow the ``num_flows`` attribute is read here.
+    The shard index gives ``num_flows`` for flow shards; the attribute is read directly as
+    well so that flow shards indexed by an older reader (``num_frames`` first) still work.
     """
     from . import data
 
     n = data.num_items(sources, video_id, modality)
     if data.needs(modality) == "flow":
-        attrs = data.shard_set(sources, modality)[video_id].attrs
-        if "num_flows" in attrs:
-            n = int(attrs["num_flows"])
+        n = int(data.shard_set(sources, modality)[video_id].attrs.get("num_flows", n))
     return n
 
 
