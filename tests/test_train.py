@@ -173,3 +173,20 @@ def test_config_file_per_modality_defaults(synth, tmp_path, cli_runner):
                    *TINY, "--iterations", "1", "--lr", "0.5", "--out", tmp_path / "r")
     saved = json.loads((tmp_path / "r" / "train_config.json").read_text())
     assert r.exit_code == 0 and saved["train"]["lr"] == 0.5 and saved["model"]["new_length"] == 1
+
+
+def test_rgbdiff_bf16_channels_last_iterations(synth, tmp_path, cli_runner):
+    run = tmp_path / "diff"
+    r = cli_runner("train", "--frames", synth / "frames", "--modality", "rgbdiff",
+                   "--new-length", "2", *TINY, "--iterations", "3", "--batch-size", "2",
+                   "--amp", "bf16", "--channels-last", "--out", run)
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    # 4 videos / batch 2 = 2 steps per epoch: 3 iterations end inside epoch 2
+    assert summary["steps"] == 3 and summary["epochs"] == 2
+    hist = _history(run)
+    assert [h["clips"] for h in hist] == [4, 2]
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["model"]["base.conv1.weight"].shape[1] == 6     # 3 * new_length differences
+    assert json.loads(ckpt["train_config"])["amp"] == "bf16"
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
