@@ -278,14 +278,18 @@ def run_flow(frame_shard: str, out_dir, cfg: FlowConfig, device: str = "cpu",
                   config=cfg.to_dict(), tasks=tasks, overwrite=overwrite,
                   retry_failed=retry_failed, progress=progress, root_extra=extra)
     if cfg.backend == "torch":
-        if not str(device).startswith("cuda"):
-            import torch
+        import torch
 
+        threads = torch.get_num_threads()
+        if not str(device).startswith("cuda"):
             # CPU: --workers intra-op threads (more threads than free cores makes every small
             # kernel wait on the others; one thread is the safe default)
             torch.set_num_threads(max(1, workers))
-        return batch.run_stage(batch_process=functools.partial(
-            batch_videos, cfg=cfg, device=device, compile=compile, batch_size=batch_size),
-            **common)
+        try:
+            return batch.run_stage(batch_process=functools.partial(
+                batch_videos, cfg=cfg, device=device, compile=compile, batch_size=batch_size),
+                **common)
+        finally:
+            torch.set_num_threads(threads)
     return batch.run_stage(process=functools.partial(process_video, cfg=cfg), workers=workers,
                            **common)
