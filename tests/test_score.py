@@ -378,3 +378,18 @@ def test_score_rgb_and_flow_then_fuse(rgb_setup, tmp_path):
     for vid in VIDEOS:
         fused = rgb[vid]["scores"].mean(0) + 1.5 * fl[vid]["scores"].mean(0)
         assert rows[vid] == int(np.argmax(fused))
+
+
+def test_bf16_autocast_is_close_and_recorded(rgb_setup, tmp_path):
+    outs = {}
+    for amp in ("none", "bf16"):
+        res = run_cli(["score", str(rgb_setup["ckpt"]), "--frames", str(rgb_setup["frames"]),
+                       "--out", str(tmp_path / amp), "--amp", amp, "--num-snippets", "2",
+                       "--crops", "1", "--no-progress"])
+        assert res.exit_code == 0, res.output
+        outs[amp] = read_scores(tmp_path / amp)
+    assert outs["bf16"][2]["config"]["amp"] == "bf16"
+    for vid in VIDEOS:
+        a, b = outs["none"][0][vid]["scores"], outs["bf16"][0][vid]["scores"]
+        assert b.dtype == np.float32 and not np.array_equal(a, b)
+        np.testing.assert_allclose(b, a, rtol=0.1, atol=0.1 * np.abs(a).max())

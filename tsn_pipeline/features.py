@@ -33,7 +33,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from . import batch, store
-from .score import (CROP_CHOICES, SnippetDataset, SnippetPlan, class_names, file_sha256,
+from .score import (AMPS, CROP_CHOICES, SnippetDataset, SnippetPlan, class_names, file_sha256,
                     iter_clips, num_items, plan_tasks, resolve_device, run_model)
 
 KIND = "features"
@@ -49,8 +49,11 @@ class FeaturesConfig:
     crops: int = 1
     scale_size: Optional[int] = None
     dtype: str = "float32"
+    amp: str = "none"
 
     def __post_init__(self):
+        if self.amp not in AMPS:
+            raise ValueError(f"amp={self.amp!r} is not one of {AMPS}")
         if (self.stride is None) == (self.num_snippets is None):
             raise ValueError("give exactly one of stride (e.g. 16) and num_snippets (e.g. 100)")
         if self.stride is not None and int(self.stride) < 1:
@@ -112,7 +115,7 @@ def run_features(checkpoint, sources, out_dir, cfg: FeaturesConfig, shard_index:
     def batch_process(todo):
         clips = iter_clips(SnippetDataset(sources, todo, plan), workers)
         for task, idx, out in run_model(model, "forward_features", clips, mcfg.mean, mcfg.std,
-                                        mcfg.modality, batch_size, dev):
+                                        mcfg.modality, batch_size, dev, cfg.amp):
             if isinstance(out, BaseException):
                 yield task, out
                 continue

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 KIND = "scores"
 CROP_CHOICES = (1, 3, 10)
 CROP_AGGS = ("mean", "max")
+AMPS = ("none", "bf16")
 
 
 # -- the file format ----------------------------------------------------------------------
@@ -151,8 +152,11 @@ class ScoreConfig:
     crop_agg: str = "mean"
     scale_size: Optional[int] = None
     save_crops: bool = False
+    amp: str = "none"
 
     def __post_init__(self):
+        if self.amp not in AMPS:
+            raise ValueError(f"amp={self.amp!r} is not one of {AMPS}")
         if int(self.num_snippets) < 1:
             raise ValueError(f"num_snippets={self.num_snippets} must be >= 1 (TSN: 25)")
         if self.crops not in CROP_CHOICES:
@@ -306,15 +310,19 @@ def normalize_rows(x, modality: str, mean: Sequence[float], std: Sequence[float]
 
 
 def run_model(model, forward: str, items: Iterator[Tuple], cfg_mean, cfg_std, modality: str,
-              batch_size: int, device) -> Iterator[Tuple[batch.Task, Any, Any]]:
+              batch_size: int, device, amp: str = "none") -> Iterator[Tuple[batch.Task, Any, Any]]:
     """Forward the rows of several videos in device batches of ``batch_size`` rows.
 
     ``items``: ``(task, indices, uint8 rows | exception)`` from ``iter_clips``. Yields
     ``(task, indices, outputs float32 numpy (rows, D))`` or ``(task, None, exception)``,
     in input order. ``forward``: ``"forward_snippets"`` or ``"forward_features"``.
+    ``amp="bf16"`` runs the model under bfloat16 autocast (outputs stored as float32).
     """
     import torch
 
+    if amp not in AMPS:
+        raise ValueError(f"amp={amp!r} is not one of {AMPS}")
+    dev_type = torch.device(device).type
     fn = getattr(model, forward)
     pending: List[Tuple] = []
     rows = 0
@@ -327,7 +335,8 @@ def run_model(model, forward: str, items: Iterator[Tuple], cfg_mean, cfg_std, mo
             try:
                 x = torch.from_numpy(np.concatenate([p[2] for p in good]))
                 chunks = []
-                with torch.inference_mode():
+                with torch.inference_mode(), torch.autocast(dev_type, dtype=torch.bfloat16,
+                                                            enabled=amp == "bf16"):
                     for a in range(0, x.shape[0], batch_size):
                         xb = normalize_rows(x[a:a + batch_size].to(device, non_blocking=True),
                                             modality, cfg_mean, cfg_std)
@@ -435,7 +444,7 @@ def run_score(checkpoint, sources, out_dir, cfg: ScoreConfig, shard_index: int =
     def batch_process(todo: List[batch.Task]):
         clips = iter_clips(SnippetDataset(sources, todo, plan), workers)
         for task, idx, out in run_model(model, "forward_snippets", clips, mcfg.mean, mcfg.std,
-                                        mcfg.modality, batch_size, dev):
+                                        mcfg.modality, batch_size, dev, cfg.amp):
             if isinstance(out, BaseException):
                 yield task, out
                 continue

@@ -28,7 +28,7 @@ from .score import input_options, open_inputs
 @run_options
 @stage_errors
 def features(checkpoint, out_dir, stride, num_snippets, crops, scale_size, dtype,
-             frames_dir, flow_dir, split, list_file, batch_size, device,
+             frames_dir, flow_dir, split, list_file, batch_size, device, amp,
              shard_index, num_shards, workers, overwrite, retry_failed, progress):
     """Extract snippet features (pooled backbone output, before dropout and classifier).
 
@@ -51,7 +51,7 @@ def features(checkpoint, out_dir, stride, num_snippets, crops, scale_size, dtype
     index, count = resolve_shard_or_fail(shard_index, num_shards)
     try:
         cfg = FeaturesConfig(stride=stride, num_snippets=num_snippets, crops=int(crops),
-                             scale_size=scale_size, dtype=dtype)
+                             scale_size=scale_size, dtype=dtype, amp=amp)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     sources, videos = open_inputs(frames_dir, flow_dir, list_file)

@@ -9,7 +9,11 @@ from .options import report, resolve_shard_or_fail, run_options, shard_options, 
 
 
 def input_options(f):
-    """--frames/--flow/--split/--list/--batch-size/--device, shared with `tsn features`."""
+    """--frames/--flow/--split/--list/--batch-size/--device/--amp, shared with `tsn features`."""
+    f = click.option("--amp", type=click.Choice(["none", "bf16"]), default="none",
+                     show_default=True,
+                     help="bf16: run the model under bfloat16 autocast (faster on recent "
+                          "GPUs; outputs differ slightly and are stored as float32).")(f)
     f = click.option("--device", default="auto", show_default=True,
                      help="torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")(f)
     f = click.option("--batch-size", type=click.IntRange(min=1), default=250, show_default=True,
@@ -66,7 +70,7 @@ def open_inputs(frames_dir, flow_dir, list_file):
 @run_options
 @stage_errors
 def score(checkpoint, out_dir, num_snippets, crops, crop_agg, scale_size, save_crops,
-          frames_dir, flow_dir, split, list_file, batch_size, device,
+          frames_dir, flow_dir, split, list_file, batch_size, device, amp,
           shard_index, num_shards, workers, overwrite, retry_failed, progress):
     """Score videos with a trained TSN (TSN test protocol by default).
 
@@ -85,7 +89,7 @@ def score(checkpoint, out_dir, num_snippets, crops, crop_agg, scale_size, save_c
     index, count = resolve_shard_or_fail(shard_index, num_shards)
     try:
         cfg = ScoreConfig(num_snippets=num_snippets, crops=int(crops), crop_agg=crop_agg,
-                          scale_size=scale_size, save_crops=save_crops)
+                          scale_size=scale_size, save_crops=save_crops, amp=amp)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     sources, videos = open_inputs(frames_dir, flow_dir, list_file)
