@@ -199,3 +199,22 @@ def test_cli_refuses_labels_outside_the_classes(tmp_path):
     res = CliRunner().invoke(main, ["fuse", "--scores", str(tmp_path / "rgb"), "--out",
                                     str(tmp_path / "f")])
     assert res.exit_code == 1 and "labels [3] outside 0..2" in res.output
+
+
+def test_one_set_of_shards_with_different_settings_is_refused(tmp_path):
+    write_scores(tmp_path / "a", "rgb", {"v1": RGB["v1"]})
+    write_scores(tmp_path / "b", "rgb", {"v2": RGB["v2"]})
+    args = ["fuse", "--scores", f"rgb={tmp_path / 'a'}", "--scores", f"rgb={tmp_path / 'b'}",
+            "--json", "--out"]
+    res = CliRunner().invoke(main, args + [str(tmp_path / "ok")])    # same settings: one set
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["num_videos"] == 2
+    res = CliRunner().invoke(main, args[:3] + ["--scores", f"rgb={tmp_path / 'a'}",
+                                               "--out", str(tmp_path / "dup")])
+    assert res.exit_code == 1 and "is in two shards" in res.output
+    import h5py
+    with h5py.File(tmp_path / "b" / "scores-0-of-1.h5", "r+") as f:
+        f.attrs["config"] = json.dumps({"modality": "rgb", "num_snippets": 3})
+    res = CliRunner().invoke(main, ["fuse", "--scores", f"rgb={tmp_path / 'a'}", "--scores",
+                                    f"rgb={tmp_path / 'b'}", "--out", str(tmp_path / "f")])
+    assert res.exit_code == 1 and "num_snippets: None -> 3" in res.output

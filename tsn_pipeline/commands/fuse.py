@@ -50,37 +50,24 @@ def _parse_weights(ctx, param, value) -> Optional[List[Tuple[Optional[str], floa
     return out
 
 
-def _group_inputs(scores) -> Dict[Optional[str], List[str]]:
-    groups: Dict[Optional[str], List[str]] = {}
-    for name, path in scores:
-        groups.setdefault(name, []).append(path)
-    return groups
-
-
 def _load(scores, crop_agg):
-    """Read each --scores group; unnamed ones take the modality stored in their files."""
-    from ..score import load_video_scores
+    """Read the --scores sets. Unnamed paths take the modality stored in their files; paths
+    with the same name form one set (read together, so their settings must agree)."""
+    from ..score import KIND, load_video_scores
+    from ..store import open_shards
 
-    tables = {}
+    groups: Dict[str, List[str]] = {}
     for name, path in scores:
-        t = load_video_scores([path], modality=name, crop_agg=crop_agg)
-        if t.modality in tables:
-            prev = tables[t.modality]
-            merged_ids = prev.ids + t.ids
-            if len(set(merged_ids)) != len(merged_ids):
-                raise click.ClickException(
-                    f"modality {t.modality!r}: {path} repeats videos of {list(prev.sources)}; "
-                    "give each score file once, and name different modalities (NAME=PATH)")
-            import numpy as np
-
-            from ..fuse import VideoScores
-            order = np.argsort(np.array(merged_ids, dtype=object), kind="stable")
-            t = VideoScores(t.modality, tuple(merged_ids[i] for i in order),
-                            np.concatenate([prev.labels, t.labels])[order],
-                            np.concatenate([prev.scores, t.scores])[order],
-                            prev.classes or t.classes, prev.sources + t.sources)
-        tables[t.modality] = t
-    return tables
+        if name is None:
+            shards = open_shards([path], kind=KIND)
+            mods = sorted({str(r.get("modality")) for r in shards.root.values()})
+            if len(mods) != 1 or mods[0] in ("None", ""):
+                raise click.BadParameter(f"{path}: holds modalities {mods}; name the set "
+                                         "(NAME=PATH)", param_hint="--scores")
+            name = mods[0]
+        groups.setdefault(name, []).append(path)
+    return {name: load_video_scores(paths, modality=name, crop_agg=crop_agg)
+            for name, paths in groups.items()}
 
 
 def _resolve_weights(given, modalities: Sequence[str]) -> Dict[str, float]:
