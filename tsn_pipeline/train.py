@@ -111,6 +111,8 @@ class TrainConfig:
             object.__setattr__(self, "lr_steps", steps)
         if self.clip_grad is not None and not self.clip_grad >= 0:
             raise ValueError(f"clip_grad={self.clip_grad} must be >= 0 (0 turns clipping off)")
+        if int(self.seed) < 0:
+            raise ValueError(f"seed={self.seed} must be >= 0")
         if self.amp not in ("none", "bf16"):
             raise ValueError(f"amp {self.amp!r} must be 'none' or 'bf16'")
         if not self.frames and not self.flow:
@@ -252,8 +254,12 @@ def build_datasets(cfg: TrainConfig):
     except data.DataError as exc:
         raise TrainError(str(exc)) from exc
     if not train:
-        raise TrainError(f"no training videos (split {cfg.split!r}) in the "
-                         f"{'list ' + cfg.list_file if cfg.list_file else 'shards'}")
+        everything = data.select_videos(sources, cfg.modality, None, video_list)
+        splits = sorted({_split_of(sources, cfg.modality, v.video_id, video_list)
+                         for v in everything})
+        raise TrainError(f"no training videos of split {cfg.split!r} in the "
+                         f"{'list ' + cfg.list_file if cfg.list_file else 'shards'} (splits "
+                         f"there: {splits}); choose one with --split, or --split '' for all")
     val_split = cfg.val_split
     val: List = []
     if val_split:
@@ -265,6 +271,14 @@ def build_datasets(cfg: TrainConfig):
     except data.DataError as exc:
         raise TrainError(str(exc)) from exc
     return sources, train, val, num_classes
+
+
+def _split_of(sources, modality, video_id, video_list) -> str:
+    from . import data
+
+    if video_list is not None:
+        return next(it.split for it in video_list.items if it.video_id == video_id)
+    return str(data.shard_set(sources, modality)[video_id].attrs.get("split", "") or "")
 
 
 def make_optimizer(model, cfg: TrainConfig):
