@@ -79,7 +79,7 @@ def _modality_overrides(ctx, modality: str, params: dict) -> dict:
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Base learning rate [default: 0.001 rgb/rgbdiff, 0.005 flow/warped].")
 @click.option("--lr-steps", callback=_parse_steps, default=None,
-              help="Divide lr by 10 at these epochs/iterations, comma-separated "
+              help="Multiply lr by --lr-gamma at these epochs/iterations, comma-separated "
                    "[default: TSN recipe, scaled to --epochs].")
 @click.option("--lr-gamma", type=float, default=0.1, show_default=True)
 @click.option("--momentum", type=float, default=0.9, show_default=True)
