@@ -209,3 +209,29 @@ def test_make_list_cli_writes_the_list_decode_reads(ucf_root, cli_runner, tmp_pa
     (ucf_root / "ucfTrainTestlist" / "testlist01.txt").write_text("Nope/v_Nope_g01_c01.avi\n")
     result = cli_runner("make-list", "ucf101", ucf_root, "--out", out)
     assert result.exit_code == 1 and "class folder 'Nope' is not in classInd.txt" in result.output
+
+
+@pytest.mark.parametrize("name", ["ucf101", "hmdb51", "demo", "template"])
+def test_pipeline_settings_name_real_options(name):
+    """Every key of pipelines/<name>.toml is an option of its command (click ignores unknown
+    default_map keys silently, so a typo would otherwise be lost), and its value converts."""
+    import click
+
+    import cli
+
+    path = Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.toml"
+    sections = cli.load_config(str(path))
+    assert sections or name == "template"
+    for command, table in sections.items():
+        cmd = cli.main.get_command(None, command)
+        params = {p.name: p for p in cmd.params}
+        ctx = click.Context(cmd)
+        for key, value in table.items():
+            if isinstance(value, dict):                       # [train.rgb] and the like
+                assert command == "train" and key in ("rgb", "flow", "warped", "rgbdiff"), key
+                pairs = value.items()
+            else:
+                pairs = [(key, value)]
+            for k, v in pairs:
+                assert k in params, f"{path.name} [{command}] {k!r} is not an option of tsn {command}"
+                params[k].process_value(ctx, v)
