@@ -74,7 +74,7 @@ def test_flow_training_validates_and_keeps_best(synth, tmp_path, cli_runner):
     run = tmp_path / "flow"
     r = cli_runner("train", "--flow", synth / "flow", "--modality", "flow", *TINY,
                    "--new-length", "3", "--epochs", "3", "--batch-size", "4",
-                   "--val-split", "test", "--out", run)
+                   "--val-split", "test", "--workers", "1", "--out", run)
     assert r.exit_code == 0, r.output
     hist = _history(run)
     assert all("val_top1" in h and h["val_clips"] == 2 for h in hist)
@@ -82,6 +82,12 @@ def test_flow_training_validates_and_keeps_best(synth, tmp_path, cli_runner):
     ckpt = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
     assert ckpt["best"] == best
     assert "val loss" in r.stderr and "epoch 3" in r.stderr
+    # --overwrite starts again: no stale best.pt or metrics from the first run
+    r = cli_runner("train", "--flow", synth / "flow", "--modality", "flow", *TINY,
+                   "--new-length", "3", "--iterations", "1", "--batch-size", "4",
+                   "--out", run, "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert not (run / "best.pt").exists() and len(_history(run)) == 1
 
 
 def test_resume_after_kill_gives_the_same_weights(synth, tmp_path, cli_runner):

@@ -179,3 +179,26 @@ def test_dataset_items_are_a_function_of_seed_epoch_index(shards):
     val = TSNDataset(src, samples, "flow", 3, 5, "val", 32, (0.5, 0.5), (0.25, 0.25))
     # val: segment centres of 10 flow fields, 5 per snippet: avail 6, tick 2 -> starts 1, 3, 5
     np.testing.assert_array_equal(val.indices(1)[:, 0], [1, 3, 5])   # vid01: 11 frames
+
+
+def test_persistent_workers_follow_the_epoch(shards):
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from tsn_pipeline.data import EpochSampler, Sources, TSNDataset, select_videos
+
+    root, _ = shards
+    src = Sources.open(frames=root / "frames")
+    ds = TSNDataset(src, select_videos(src, "rgb", "train"), "rgb", 2, 1, "train", 32,
+                    (0.5,) * 3, (0.25,) * 3, seed=0)
+    sampler = EpochSampler(DistributedSampler(ds, num_replicas=1, rank=0, shuffle=False))
+    loader = DataLoader(ds, batch_size=3, sampler=sampler, num_workers=1,
+                        persistent_workers=True)
+    seen = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        x, y, idx = next(iter(loader))
+        assert idx.tolist() == [0, 1, 2]
+        for j in range(3):       # the worker's copy drew epoch `epoch`'s parameters
+            np.testing.assert_array_equal(x[j].numpy(), ds[(epoch, j)][0].numpy())
+        seen.append(x)
+    assert not np.array_equal(seen[0].numpy(), seen[1].numpy())

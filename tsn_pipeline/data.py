@@ -198,18 +198,27 @@ class TSNDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng((self.seed, self.epoch, int(index)))
+    def _key(self, key) -> Tuple[int, int]:
+        """``index`` or ``(epoch, index)`` -> (epoch, index). Samplers that yield the pair
+        (``EpochSampler``) let persistent DataLoader workers follow the epoch."""
+        if isinstance(key, tuple):
+            return int(key[0]), int(key[1])
+        return self.epoch, int(key)
 
-    def indices(self, index: int) -> np.ndarray:
-        smp = self.samples[index]
+    def rng(self, key) -> np.random.Generator:
+        epoch, index = self._key(key)
+        return np.random.default_rng((self.seed, epoch, index))
+
+    def indices(self, key) -> np.ndarray:
+        smp = self.samples[self._key(key)[1]]
         n = num_items(self.sources, smp.video_id, self.modality)
         return sampling.segment_indices(n, self.num_segments, self.length, self.mode,
-                                        self.rng(index) if self.mode == "train" else None)
+                                        self.rng(key) if self.mode == "train" else None)
 
-    def raw(self, index: int) -> np.ndarray:
+    def raw(self, key) -> np.ndarray:
         """uint8 clip after the transform (before normalisation)."""
-        rng = self.rng(index)
+        rng = self.rng(key)
+        index = self._key(key)[1]
         smp = self.samples[index]
         n = num_items(self.sources, smp.video_id, self.modality)
         idx = sampling.segment_indices(n, self.num_segments, self.length, self.mode,
@@ -217,6 +226,28 @@ class TSNDataset:
         clip = load_clip(self.sources, smp.video_id, self.modality, idx)
         return self.transform(clip, rng)
 
-    def __getitem__(self, index: int):
-        x = transforms.normalize(self.raw(index), self.modality, self.mean, self.std)
-        return x, self.samples[index].label, int(index)
+    def __getitem__(self, key):
+        """``index`` or ``(epoch, index)`` -> ``(x, label, index)``."""
+        index = self._key(key)[1]
+        x = transforms.normalize(self.raw(key), self.modality, self.mean, self.std)
+        return x, self.samples[index].label, index
+
+
+class EpochSampler:
+    """Wraps a sampler with ``set_epoch`` (e.g. ``DistributedSampler``): yields
+    ``(epoch, index)`` so that persistent DataLoader workers, whose dataset copy never sees
+    ``set_epoch``, still draw each epoch's own augmentation."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((self.epoch, int(i)) for i in self.sampler)
+
+    def __len__(self):
+        return len(self.sampler)

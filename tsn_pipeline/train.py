@@ -485,6 +485,9 @@ def run_training(cfg: TrainConfig, model_kwargs: Dict[str, Any], out, resume: bo
                          "it or --overwrite to start again")
     if resume and not ckpt_path.exists():
         raise TrainError(f"--resume: no {CHECKPOINT} in {out}")
+    if overwrite and not resume and d.main:     # no stale best.pt / metrics from the old run
+        for name in (CHECKPOINT, BEST, METRICS, PLOT, CONFIG_JSON):
+            (out / name).unlink(missing_ok=True)
 
     import torch.backends.cudnn
 
@@ -527,10 +530,11 @@ def _train(cfg: TrainConfig, model_kwargs, out: Path, d: Dist, ckpt_path: Path, 
     per_proc = cfg.batch_size // d.world
     train_ds = data.TSNDataset(sources, train_s, cfg.modality, mcfg.num_segments, mcfg.new_length,
                                "train", mcfg.input_size, mcfg.mean, mcfg.std, seed=cfg.seed)
-    sampler = DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank, shuffle=True,
-                                 seed=cfg.seed, drop_last=False)
+    sampler = data.EpochSampler(DistributedSampler(
+        train_ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed,
+        drop_last=False))
     loader_kw = dict(num_workers=cfg.workers, pin_memory=d.device.type == "cuda",
-                     persistent_workers=False)
+                     persistent_workers=cfg.workers > 0)
     if cfg.workers > 0:
         loader_kw["prefetch_factor"] = 4
     train_loader = DataLoader(train_ds, batch_size=per_proc, sampler=sampler, drop_last=False,
