@@ -219,3 +219,33 @@ def test_unfinished_runs_are_never_read_as_results(tmp_path):
         store.open_shards(out / "frames-0-of-1.h5.tmp")
     proc = run_tsn("info", out)
     assert proc.returncode == 1 and "no shard files" in proc.stderr
+
+
+def test_flow_records_too_short_videos_and_resumes_identically_after_kills(tmp_path):
+    videos = tmp_path / "v"
+    videos.mkdir()
+    for i in range(6):
+        write_video(videos / f"vid{i}.mkv", textured_frames(8, 36, 48, seed=i, dx=1.5))
+    write_video(videos / "single.mkv", textured_frames(1, 48, 64))
+    run_tsn("decode", videos, "--out", tmp_path / "frames", "--size", "original",
+            "--no-progress", check=0)
+    args = ["flow", tmp_path / "frames", "--backend", "opencv", "--kind", "both", "--workers",
+            "2", "--no-progress"]
+    whole = run_tsn(*args, "--out", tmp_path / "whole")
+    assert whole.returncode == 1 and "1 video(s) failed" in whole.stderr, whole.stderr
+    reason = _failures(tmp_path / "whole", "flow")["single"]
+    assert "single" in reason or "frame" in reason
+    out = tmp_path / "killed"
+    rng = random.Random(3)
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "cli", *map(str, args), "--out", str(out)],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        time.sleep(rng.uniform(0.5, 1.5))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    rerun = run_tsn(*args, "--out", out)
+    assert rerun.returncode == 1
+    assert (out / "flow-0-of-1.h5").read_bytes() == (tmp_path / "whole" / "flow-0-of-1.h5").read_bytes()
+    flows = store.open_shards(out, kind="flow")
+    assert len(flows) == 6 and flows["vid0"].length == 7
