@@ -442,3 +442,26 @@ def test_real_clip_decode_flow_score_fuse_three_streams(tmp_path):
     assert report["weights"] == {"rgb": 1.0, "flow": 1.0, "warped": 0.5}
     assert report["num_videos"] == 1 and set(report["metrics"]) == {"rgb", "flow", "warped",
                                                                     "fused"}
+
+
+def test_a_broken_video_fails_alone(rgb_setup, tmp_path):
+    """An undecodable frame fails its video (reason recorded, exit 1); the others are stored."""
+    tasks = [batch.Task(v, "synthetic", 0) for v in ("good", "broken")]
+
+    def bp(todo):
+        for t in todo:
+            imgs = [store.encode_image(f, "png") for f in frames_of(4, 0)]
+            if t.video_id == "broken":
+                imgs[2] = b"not an image"
+            yield t, store.VideoRecord(t.video_id, attrs={"num_frames": 4, "label": 0},
+                                       streams={"rgb": imgs})
+
+    batch.run_stage(kind="frames", out_dir=tmp_path / "frames", shard_index=0, num_shards=1,
+                    config={}, tasks=tasks, batch_process=bp, progress=False)
+    res = run_cli(["score", str(rgb_setup["ckpt"]), "--frames", str(tmp_path / "frames"),
+                   "--out", str(tmp_path / "s"), "--num-snippets", "4", "--crops", "1",
+                   "--no-progress"])
+    assert res.exit_code == 1 and "1 of 2 videos failed" in res.output
+    fails = json.loads((tmp_path / "s" / "scores-0-of-1.failures.json").read_text())
+    assert [f["video_id"] for f in fails] == ["broken"] and "undecodable" in fails[0]["reason"]
+    assert list(read_scores(tmp_path / "s")[0]) == ["good"]

@@ -279,7 +279,9 @@ class SnippetDataset:
             out = np.ascontiguousarray(out.reshape((-1,) + out.shape[2:]))   # (crops*S, L, ..)
             return task, idx, out
         except Exception as exc:   # recorded as this video's failure by the batch runner
-            return task, None, exc
+            # as a VideoFailure carrying the text: it crosses from DataLoader workers safely
+            # (some exception classes do not survive pickling)
+            return task, None, batch.VideoFailure(f"{type(exc).__name__}: {exc}")
 
 
 def _identity(item):
