@@ -198,3 +198,31 @@ def test_rgbdiff_bf16_channels_last_iterations(synth, tmp_path, cli_runner):
     assert ckpt["model"]["base.conv1.weight"].shape[1] == 6     # 3 * new_length differences
     assert json.loads(ckpt["train_config"])["amp"] == "bf16"
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_real_clips_decode_flow_then_train_warped(shared_videos, tmp_path, cli_runner):
+    """The stages' real outputs join: frames from `tsn decode`, TV-L1 + warped flow from
+    `tsn flow` (OpenCV CPU, few iterations), then a warped-flow stream trains on them."""
+    from tsn_pipeline.data import Sources, load_clip
+    from tsn_pipeline.videolist import VideoItem, write_video_list_csv
+
+    clips = sorted(p for p in shared_videos.iterdir() if "wave" in p.name)
+    items = [VideoItem(p.stem, str(p), i, f"c{i}", "train") for i, p in enumerate(clips)]
+    write_video_list_csv(items, tmp_path / "list.csv")
+    r = cli_runner("decode", tmp_path / "list.csv", "--out", tmp_path / "frames",
+                   "--size", "48x36", "--fps", "10", "--no-progress")
+    assert r.exit_code == 0, r.output
+    r = cli_runner("flow", tmp_path / "frames", "--out", tmp_path / "flow", "--kind", "both",
+                   "--backend", "opencv", "--iterations", "30", "--nscales", "3", "--warps", "2",
+                   "--no-progress")
+    assert r.exit_code == 0, r.output
+    src = Sources.open(tmp_path / "frames", tmp_path / "flow")
+    vid = items[0].video_id
+    assert src.flow[vid].length == src.frames[vid].length - 1
+    clip = load_clip(src, vid, "warped", [[0, 1, 2, 3, 4]])
+    assert clip.shape == (1, 5, 2, 36, 48) and clip.dtype.name == "uint8"
+    r = cli_runner("train", "--flow", tmp_path / "flow", "--list", tmp_path / "list.csv",
+                   "--modality", "warped", *TINY, "--epochs", "2", "--batch-size", "3",
+                   "--out", tmp_path / "run")
+    assert r.exit_code == 0, r.output
+    assert [h["clips"] for h in _history(tmp_path / "run")] == [3, 3]
