@@ -71,12 +71,13 @@ def decode_video(path: str, cfg: DecodeConfig):
     import cv2
 
     try:
-        info = probe(path)
         if cfg.encoder == "ffmpeg":
-            reader = JpegReader(path, cfg.size, cfg.short_side, cfg.fps, cfg.interpolation, info,
+            reader = JpegReader(path, cfg.size, cfg.short_side, cfg.fps, cfg.interpolation,
                                 qscale=cfg.qscale)
             jpegs = list(reader)
+            info = reader.info
         else:
+            info = probe(path)
             reader = FrameReader(path, cfg.size, cfg.short_side, cfg.fps, cfg.interpolation, info)
             params = [cv2.IMWRITE_JPEG_QUALITY, cfg.quality]
             jpegs = []

@@ -70,22 +70,22 @@ def _last_error_lines(text: str, n: int = 2) -> str:
     return "; ".join(lines[-n:]) if lines else "no output from ffmpeg"
 
 
-def probe(path) -> VideoInfo:
-    """Read the first video stream's header via ``ffmpeg -i`` (ffprobe is not needed)."""
-    path = str(path)
+def check_readable(path: str) -> None:
+    """Fail early, with the reason, on what ffmpeg would report only vaguely."""
     if not os.path.exists(path):
         raise VideoError(f"{path}: no such file")
     if not os.access(path, os.R_OK):
         raise VideoError(f"{path}: not readable (permission denied)")
     if os.path.getsize(path) == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path],
-                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, timeout=120)
-    err = proc.stderr.decode("utf-8", "replace")
-    match = _STREAM_RE.search(err)
+
+
+def parse_header(path: str, text: str) -> VideoInfo:
+    """VideoInfo from what ``ffmpeg -i`` prints about the input's first video stream."""
+    text = text.split("Output #0", 1)[0]
+    match = _STREAM_RE.search(text)
     if match is None:
-        reason = _last_error_lines(err) if "Error" in err or "Invalid" in err else "no video stream"
+        reason = _last_error_lines(text) if "rror" in text or "Invalid" in text else "no video stream"
         raise VideoError(f"{path}: not a readable video ({reason})")
     rest = match.group("rest")
     size = _SIZE_RE.search(rest + ",")
@@ -96,13 +96,23 @@ def probe(path) -> VideoInfo:
     fps_match = _FPS_RE.search(rest)
     if fps_match:
         fps = float(fps_match.group(1)) * (1000.0 if fps_match.group(2) else 1.0)
-    dur = _DUR_RE.search(err)
+    dur = _DUR_RE.search(text)
     duration = (int(dur.group(1)) * 3600 + int(dur.group(2)) * 60 + float(dur.group(3))) if dur else 0.0
-    rot = _ROT_RE.search(err)
+    rot = _ROT_RE.search(text)
     rotation = int(round(float(rot.group(1)))) % 360 if rot else 0
     if rotation in (90, 270):
         width, height = height, width
     return VideoInfo(width, height, fps, match.group("codec"), duration, rotation)
+
+
+def probe(path) -> VideoInfo:
+    """Read the first video stream's header via ``ffmpeg -i`` (ffprobe is not needed)."""
+    path = str(path)
+    check_readable(path)
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, timeout=120)
+    return parse_header(path, proc.stderr.decode("utf-8", "replace"))
 
 
 def output_size(width: int, height: int, size: Optional[Tuple[int, int]] = None,
@@ -212,15 +222,45 @@ class JpegReader(FrameReader):
 
     Iterating yields one JPEG file (bytes) per decoded frame: the same bytes ``ffmpeg -q:v N
     img_%05d.jpg`` writes, without a file per frame. Cheaper than raw RGB + OpenCV's encoder
-    because ffmpeg encodes from its own YUV frames (no RGB conversion, no raw pipe).
+    because ffmpeg encodes from its own YUV frames (no RGB conversion, no raw pipe), and it
+    runs ffmpeg once: the header (``.info``) and output size are read from that run's log
+    (``-v level+info``), so they are known after iterating.
     """
 
     def __init__(self, path, size=None, short_side=None, fps=None, interpolation="bilinear",
-                 info=None, qscale: int = 2):
+                 qscale: int = 2):
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {interpolation!r} not in {INTERPOLATIONS}")
         if not 1 <= int(qscale) <= 31:
             raise ValueError(f"JPEG qscale {qscale} outside 1..31 (lower is better)")
-        self.jpeg_qscale = int(qscale)
-        super().__init__(path, size, short_side, fps, interpolation, info)
+        if size is not None and short_side is not None:
+            raise ValueError("give a fixed size or a short side, not both")
+        self.path = str(path)
+        check_readable(self.path)
+        self.info: Optional[VideoInfo] = None
+        self.width = self.height = None
+        self.fps = float(fps) if fps else None
+        self._proc = None
+        self._stderr: List[bytes] = []
+        self.returncode = None
+        self._cmd = self._jpeg_command(size, short_side, fps, interpolation, int(qscale))
+
+    def _jpeg_command(self, size, short_side, fps, interpolation, qscale) -> List[str]:
+        import ffmpeg
+
+        stream = ffmpeg.input(self.path)["v:0"]
+        if fps:
+            stream = stream.filter("fps", fps=float(fps))
+        if size is not None:
+            stream = stream.filter("scale", int(size[0]), int(size[1]), flags=interpolation)
+        elif short_side is not None:   # same rounding as output_size()
+            s = int(short_side)
+            stream = stream.filter("scale", f"if(lte(iw,ih),{s},round(iw*{s}/ih))",
+                                   f"if(lte(iw,ih),round(ih*{s}/iw),{s})", flags=interpolation)
+        out = stream.output("pipe:", format="image2pipe", vcodec="mjpeg", pix_fmt="yuvj420p",
+                            fps_mode="passthrough", **{"q:v": qscale})
+        return list(out.global_args("-nostdin", "-hide_banner", "-nostats", "-v", "level+info")
+                    .compile(cmd=ffmpeg_exe()))
 
     def __iter__(self) -> Iterator[bytes]:
         drain = self._start(1 << 20)
@@ -236,12 +276,45 @@ class JpegReader(FrameReader):
                     end = jpeg_end(buf, start)
                     if end is None:
                         break
+                    if self.width is None:
+                        self.width, self.height = jpeg_size(buf, start)
                     yield bytes(buf[start:end])
                     start = end
                 del buf[:start]
         finally:
             self.close()
             drain.join(timeout=10)
+        self.info = parse_header(self.path, self._log())
+        if self.fps is None:
+            self.fps = self.info.fps
+
+    def _log(self) -> str:
+        return b"".join(self._stderr).decode("utf-8", "replace")
+
+    def _drain(self, pipe):
+        # keep the header lines and the first problems; drop ffmpeg's chatter in between
+        with pipe:
+            for line in iter(pipe.readline, b""):
+                if len(self._stderr) < 60 or (b"[error]" in line or b"[fatal]" in line) \
+                        and len(self._stderr) < 300:
+                    self._stderr.append(line)
+
+    @property
+    def errors(self) -> str:
+        lines = [ln.replace("[error] ", "").replace("[fatal] ", "")
+                 for ln in self._log().splitlines() if "[error]" in ln or "[fatal]" in ln]
+        return "\n".join(lines).strip()
+
+
+def jpeg_size(buf, start: int = 0) -> Tuple[int, int]:
+    """(width, height) from the SOF segment of the JPEG at ``buf[start]``."""
+    i = start + 2
+    while i + 9 < len(buf):
+        marker = buf[i + 1]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return (buf[i + 7] << 8) | buf[i + 8], (buf[i + 5] << 8) | buf[i + 6]
+        i += 2 + ((buf[i + 2] << 8) | buf[i + 3])
+    raise VideoError("JPEG without a frame header (SOF)")
 
 
 def jpeg_end(buf, start: int = 0) -> Optional[int]:
