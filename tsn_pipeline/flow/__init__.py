@@ -9,6 +9,7 @@ wrappers), ``warp`` (camera-motion compensation), ``stage`` (frame shards -> flo
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -27,8 +28,6 @@ __all__ = ["BACKENDS", "DEFAULT_BOUND", "FLOW_KINDS", "backend_params", "compute
 
 
 def _have_cxx() -> bool:
-    import os
-
     return bool(shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
                 or shutil.which("clang++"))
 
@@ -120,9 +119,22 @@ def compute_flow(prev: np.ndarray, nxt: np.ndarray, kinds: Sequence[str] = ("tvl
         warped_frames = np.empty_like(nxt)
         hom = np.zeros((len(prev), 3, 3))
         ident = np.zeros(len(prev), bool)
-        for i in range(len(prev)):
+
+        def one(i):
             warped_frames[i], hom[i], info = stabilise(prev[i], nxt[i], base[i], warp)
             ident[i] = info["identity"]
+
+        # OpenCV releases the GIL: threads keep the camera-motion step off the critical path
+        # of a fast GPU batch (each pair is independent, so the result does not depend on it)
+        threads = min(8, os.cpu_count() or 1, len(prev))
+        if threads > 1 and backend == "torch":
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(one, range(len(prev))))
+        else:
+            for i in range(len(prev)):
+                one(i)
         out["warped"] = tvl1_fn(prev, warped_frames)
         out["homography"] = hom
         out["identity"] = ident

@@ -1,0 +1,298 @@
+"""Flow benchmark: TV-L1 pairs/s of our backends against OpenCV, on the same frames, same run.
+
+CPU (default):
+  A. `tsn flow --backend opencv --workers W` (a real CLI run on a frame shard, I/O included)
+     vs a single-process loop calling cv2.optflow DualTVL1 with the same parameters
+     (cv2.setNumThreads(1)); goal on 2 cores: >= 1.85x.
+  B. torch backend on CPU (compiled loop, one thread) vs OpenCV CPU (one thread) on the same
+     pairs; torch both with OpenCV CUDA's choices (the default) and with OpenCV CPU's choices
+     (cubic remap, median filter, test every iteration: "matched"); compile time apart.
+     Goal >= 3x.
+GPU (`--gpu`, one command on a GPU machine):
+  torch backend pairs/s at 340x256 for batch sizes 1..256, peak memory, iterations per pair.
+  Goal on one H200: >= 1000 pairs/s. `--gpu --device cpu --quick` runs the same code path on CPU.
+
+Frames: real clips from ../shared/data/videos when present (resized to 340x256), else a
+synthetic textured scene with camera and object motion. Results are printed and written to
+bench/results/flow.json (CPU) or bench/results/flow_gpu.json with the machine's facts.
+
+    python bench/flow.py --quick                     # CPU, ~2-4 min on 2 cores
+    python bench/flow.py                             # CPU, full
+    python bench/flow.py --gpu                       # GPU sweep (CUDA machine)
+    python bench/flow.py --gpu --device cpu --quick  # the GPU path, exercised on CPU
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+VIDEOS = REPO.parent / "shared" / "data" / "videos"
+RESULTS = REPO / "bench" / "results"
+SIZE = (340, 256)       # (W, H), TSN's frame size
+CLIPS = ["v_SoccerJuggling_g23_c01.avi", "SchoolRulesHowTheyHelpUs_wave_f_nm_np1_ba_med_0.avi",
+         "RATRACE_wave_f_nm_np1_fr_goo_37.avi", "bikes.mp4"]
+
+
+def machine() -> dict:
+    import cv2
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    facts = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+             "torch": torch.__version__, "opencv": cv2.__version__, "numpy": np.__version__,
+             "load_avg": os.getloadavg()}
+    if torch.cuda.is_available():
+        facts["gpu"] = torch.cuda.get_device_name(0)
+        facts["cuda"] = torch.version.cuda
+    return facts
+
+
+def synthetic_video(n: int, seed: int) -> np.ndarray:
+    """(n, 256, 340) gray uint8: a smooth texture under a slow pan/zoom plus a moving blob."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    w, h = SIZE
+    tex = cv2.resize(rng.random((h // 4, w // 4)).astype(np.float32), (2 * w, 2 * h),
+                     interpolation=cv2.INTER_CUBIC)
+    tex = cv2.GaussianBlur(tex, (0, 0), 2.0)
+    tex = 255 * (tex - tex.min()) / (tex.max() - tex.min())
+    frames = []
+    for t in range(n):
+        s = 1 + 0.004 * t
+        m = np.float32([[s, 0, w / 2 + 1.5 * t], [0, s, h / 2 + 0.7 * t]])
+        f = cv2.warpAffine(tex, m, (w, h), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP)
+        cv2.circle(f, (60 + 3 * t, 120), 25, 40.0, -1)
+        frames.append(np.clip(f + 0.5, 0, 255).astype(np.uint8))
+    return np.stack(frames)
+
+
+def load_videos(frames_per_video: int) -> tuple:
+    """{video_id: (T, H, W, 3) uint8 RGB}, source description."""
+    import cv2
+
+    if VIDEOS.is_dir():
+        from tsn_pipeline.videoio import read_video
+
+        out = {}
+        for clip in CLIPS:
+            path = VIDEOS / clip
+            if path.exists():
+                rgb = read_video(path, size=SIZE)
+                start = min(20, max(len(rgb) - frames_per_video, 0))
+                out[path.stem] = rgb[start:start + frames_per_video]
+        if out:
+            return out, "real clips (../shared/data/videos) at 340x256"
+    out = {}
+    for i in range(4):
+        g = synthetic_video(frames_per_video, i)
+        out[f"synthetic_{i}"] = np.stack([cv2.cvtColor(x, cv2.COLOR_GRAY2RGB) for x in g])
+    return out, "synthetic pan/zoom texture with a moving object, 340x256"
+
+
+def gray_pairs(videos: dict):
+    import cv2
+
+    prev, nxt = [], []
+    for frames in videos.values():
+        g = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+        prev.append(g[:-1])
+        nxt.append(g[1:])
+    return np.concatenate(prev), np.concatenate(nxt)
+
+
+def write_frame_shard(videos: dict, out: Path) -> Path:
+    """A frame shard like `tsn decode` writes (JPEG q95) through the real batch runner."""
+    from tsn_pipeline import batch, store
+
+    def make(task):
+        f = videos[task.video_id]
+        return store.VideoRecord(task.video_id, attrs={
+            "num_frames": len(f), "fps": 25.0, "height": f.shape[1], "width": f.shape[2],
+            "label": -1, "class_name": "", "split": ""},
+            streams={"rgb": [store.encode_image(x, "jpeg", 95) for x in f]})
+
+    batch.run_stage(kind="frames", out_dir=out, shard_index=0, num_shards=1, config={},
+                    tasks=[batch.Task(v, "memory") for v in sorted(videos)], process=make,
+                    progress=False)
+    return out / "frames-0-of-1.h5"
+
+
+# -- A: tsn flow --backend opencv --workers W vs a single-process loop ---------------------
+def bench_workers(videos: dict, workers: int) -> dict:
+    import cv2
+
+    from tsn_pipeline.flow import backend_params
+    from tsn_pipeline.flow.opencv import make_cpu_tvl1, tvl1_opencv
+
+    prev, nxt = gray_pairs(videos)
+    params = backend_params("opencv")
+    cv2.setNumThreads(1)
+    algo = make_cpu_tvl1(params)
+    t = time.perf_counter()
+    for a, b in zip(prev, nxt):
+        tvl1_opencv(a, b, params, algo)
+    loop_s = time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as tmp:
+        shard = write_frame_shard(videos, Path(tmp) / "frames")
+        cmd = [sys.executable, "-m", "cli", "flow", str(shard), "--out", str(Path(tmp) / "flow"),
+               "--backend", "opencv", "--workers", str(workers), "--no-progress"]
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        cli_s = time.perf_counter() - t
+        if proc.returncode != 0:
+            raise RuntimeError(f"tsn flow failed: {proc.stderr[-2000:]}")
+    n = len(prev)
+    return {"pairs": n, "videos": len(videos), "workers": workers,
+            "loop_pairs_per_s": n / loop_s, "cli_pairs_per_s": n / cli_s,
+            "speedup": loop_s / cli_s, "goal": ">= 1.85 on 2 cores",
+            "note": "CLI time includes interpreter start, JPEG decode, quantisation, JPEG "
+                    "encode and the shard write; the loop only calls OpenCV"}
+
+
+# -- B: torch on CPU vs OpenCV CPU -----------------------------------------------------------
+def bench_torch_cpu(videos: dict, batch_size: int, threads: int) -> dict:
+    import cv2
+    import torch
+
+    from tsn_pipeline.flow import backend_params
+    from tsn_pipeline.flow.opencv import make_cpu_tvl1, tvl1_opencv
+    from tsn_pipeline.flow.tvl1_torch import TVL1Params, tvl1
+
+    prev, nxt = gray_pairs(videos)
+    n = len(prev)
+    cv2.setNumThreads(threads)
+    torch.set_num_threads(threads)
+    params_cv = backend_params("opencv")
+    algo = make_cpu_tvl1(params_cv)
+    t = time.perf_counter()
+    ref = np.stack([tvl1_opencv(a, b, params_cv, algo) for a, b in zip(prev, nxt)])
+    cv_s = time.perf_counter() - t
+    out = {"pairs": n, "threads": threads, "batch_size": batch_size,
+           "opencv_pairs_per_s": n / cv_s}
+    modes = {"default": TVL1Params(),
+             "matched": TVL1Params(interp="cpu", median=5, check_every=1)}
+    for compile in (True, False):
+        for name, params in modes.items():
+            if not compile and name == "matched":
+                continue
+            key = f"torch_{'compiled' if compile else 'eager'}_{name}"
+            t = time.perf_counter()
+            tvl1(prev[:2], nxt[:2], params, compile=compile)   # compile (or warm up)
+            first_s = time.perf_counter() - t
+            stats = {}
+            t = time.perf_counter()
+            flows = []
+            for i in range(0, n, batch_size):
+                flows.append(tvl1(prev[i:i + batch_size], nxt[i:i + batch_size], params,
+                                  compile=compile, stats=stats).numpy())
+            run_s = time.perf_counter() - t
+            flow = np.concatenate(flows)
+            out[key] = {"pairs_per_s": n / run_s, "speedup_vs_opencv": cv_s / run_s,
+                        "warmup_s": first_s,
+                        "epe_vs_opencv_px": float(np.sqrt(((flow - ref) ** 2).sum(1)).mean()),
+                        "iterations_per_pair": stats["pair_iterations"] / n}
+    out["mean_flow_px"] = float(np.sqrt((ref ** 2).sum(1)).mean())
+    out["goal"] = "torch compiled >= 3x OpenCV CPU per core"
+    return out
+
+
+# -- GPU sweep ------------------------------------------------------------------------------
+def bench_gpu(device: str, quick: bool) -> dict:
+    import torch
+
+    from tsn_pipeline.flow.tvl1_torch import TVL1Params, tvl1
+
+    videos, source = load_videos(9 if quick else 40)
+    prev, nxt = gray_pairs(videos)
+    sizes = [1, 2, 4] if quick else [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    reps = 1 if quick else 2
+    params = TVL1Params()
+    cuda = device.startswith("cuda")
+    dev = torch.device(device)
+
+    def batch_of(b, seed):
+        idx = np.random.default_rng(seed).integers(0, len(prev), b)
+        return (torch.from_numpy(prev[idx]).to(dev), torch.from_numpy(nxt[idx]).to(dev))
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    a, b = batch_of(2, 0)
+    t = time.perf_counter()
+    tvl1(a, b, params, compile=True)
+    sync()
+    compile_s = time.perf_counter() - t
+    rows = []
+    for bs in sizes:
+        a, b = batch_of(bs, bs)
+        tvl1(a, b, params, compile=True)          # warm (shapes, allocator)
+        sync()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        stats = {}
+        t = time.perf_counter()
+        for r in range(reps):
+            tvl1(a, b, params, compile=True, stats=stats)
+        sync()
+        dt = time.perf_counter() - t
+        row = {"batch_size": bs, "pairs_per_s": bs * reps / dt, "seconds": dt,
+               "iterations_per_pair": stats["pair_iterations"] / (bs * reps)}
+        if cuda:
+            row["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    best = max(rows, key=lambda r: r["pairs_per_s"])
+    return {"device": device, "frames": source, "size": list(SIZE), "compile_s": compile_s,
+            "params": params.to_dict(), "sweep": rows, "best": best,
+            "goal": ">= 1000 pairs/s on one H200"}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer pairs (checks the script runs)")
+    ap.add_argument("--gpu", action="store_true", help="GPU batch-size sweep of the torch backend")
+    ap.add_argument("--device", default="cuda", help="device for --gpu (cpu to exercise it)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="threads for part B (both sides)")
+    ap.add_argument("--out", default=None, help="results JSON (default bench/results/flow*.json)")
+    args = ap.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {"machine": machine(), "quick": args.quick}
+    if args.gpu:
+        result["gpu"] = bench_gpu(args.device, args.quick)
+        out = Path(args.out or RESULTS / "flow_gpu.json")
+    else:
+        videos, source = load_videos(4 if args.quick else 9)
+        result["frames"] = source
+        result["workers"] = bench_workers(videos, args.workers)
+        print(json.dumps({"workers": result["workers"]}, indent=1), flush=True)
+        small = {k: v[:3] for k, v in videos.items()} if args.quick else videos
+        result["torch_cpu"] = bench_torch_cpu(small, batch_size=8, threads=args.threads)
+        print(json.dumps({"torch_cpu": result["torch_cpu"]}, indent=1), flush=True)
+        out = Path(args.out or RESULTS / "flow.json")
+    out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
