@@ -48,7 +48,7 @@ def test_overfits_real_clips_and_writes_the_run_folder(shared_videos, tmp_path, 
     items = [VideoItem(p.stem, str(p), i, p.stem[:12], "train") for i, p in enumerate(clips)]
     write_video_list_csv(items, tmp_path / "list.csv")
     r = cli_runner("decode", tmp_path / "list.csv", "--out", tmp_path / "frames",
-                   "--size", "48x36", "--no-progress")
+                   "--size", "48x36", "--fps", "15", "--no-progress")
     assert r.exit_code == 0, r.output
     run = tmp_path / "run"
     r = cli_runner("train", "--frames", tmp_path / "frames", "--list", tmp_path / "list.csv",

@@ -517,7 +517,8 @@ def _train(cfg: TrainConfig, model_kwargs, out: Path, d: Dist, ckpt_path: Path, 
         cfg = replace(cfg, num_classes=num_classes)
     mcfg = ModelConfig(modality=cfg.modality, num_classes=cfg.num_classes, **model_kwargs)
 
-    model = build_model(mcfg)
+    # a resumed run takes every weight from its checkpoint: the ImageNet file is not re-read
+    model = build_model(replace(mcfg, pretrained=None) if resume else mcfg)
     if mcfg.pretrained and d.main and model.pretrained_report:
         log.info("pretrained: %s", model.pretrained_report)
     if cfg.sync_bn:
