@@ -154,11 +154,16 @@ def main(argv=None):
     ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--seconds", type=float, default=None, help="loader timing window")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for the model step [default: torch's choice]")
     args = ap.parse_args(argv)
 
     import os
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     cuda = torch.cuda.is_available()
     gpu = args.gpu and cuda

@@ -161,6 +161,10 @@ def test_select_videos_by_split_and_errors(shards, tmp_path):
                           VideoItem("nope", "b.avi", 0, "c0", "train")], csv)
     with pytest.raises(DataError, match=r"no flow in .*\['nope'\]"):
         select_videos(src, "flow", "train", load_video_list(csv))
+    write_video_list_csv([VideoItem("vid00", "a.avi", 1, "c1", "train"),
+                          VideoItem("vid00", "b.avi", 0, "c0", "test")], csv)
+    with pytest.raises(DataError, match="more than once: \['vid00'\]"):
+        select_videos(src, "flow", "train", load_video_list(csv))
 
 
 def test_dataset_items_are_a_function_of_seed_epoch_index(shards):

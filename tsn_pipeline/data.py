@@ -123,6 +123,10 @@ def select_videos(sources, modality: str, split: Optional[str] = None,
     """
     s = shard_set(sources, modality)
     if video_list is not None:
+        dups = sorted(video_list.duplicates())
+        if dups:
+            raise DataError(f"video ids listed more than once: {dups[:5]}; each video may "
+                            "appear once in the list")
         items = [(it.video_id, int(it.label), it.split) for it in video_list.items]
     else:
         items = [(e.video_id, int(e.label), str(e.attrs.get("split", "") or ""))
