@@ -216,6 +216,9 @@ def bench_torch_cpu(videos: dict, batch_size: int, threads: int) -> dict:
                     "warmup_or_compile_s": first_s,
                     "epe_vs_opencv_px": float(np.sqrt(((flow - refs[against]) ** 2).sum(1)).mean()),
                     "iterations_per_pair": stats["pair_iterations"] / n}
+        refs[key] = flow
+    out["compiled_vs_eager_max_abs_px"] = float(np.abs(refs["torch_compiled_default"]
+                                                       - refs["torch_eager_default"]).max())
     out["mean_flow_px"] = float(np.sqrt((ref ** 2).sum(1)).mean())
     out["goal"] = "torch compiled >= 3x OpenCV CPU per core, same parameters"
     return out

@@ -236,8 +236,6 @@ def warp_bicubic(images, u1, u2, interp: str):
 
 def median_filter(u, k: int):
     """k x k median of ``u (N, H, W)``, replicated borders (cv2.medianBlur on float32)."""
-    import torch.nn.functional as F
-
     if k <= 1:
         return u
     n, h, w = u.shape
@@ -248,6 +246,14 @@ def median_filter(u, k: int):
         # OpenCV's own filter: exact, and ~20x faster than sorting unfolded patches on CPU
         arr = u.contiguous().numpy()
         return torch.from_numpy(np.stack([cv2.medianBlur(arr[i], k) for i in range(n)]))
+    return median_unfold(u, k)
+
+
+def median_unfold(u, k: int):
+    """k x k median of ``u (N, H, W)`` with replicated borders, in torch (any device)."""
+    import torch.nn.functional as F
+
+    n, h, w = u.shape
     r = k // 2
     p = F.pad(u.unsqueeze(1), (r, r, r, r), mode="replicate")
     patches = F.unfold(p, k)                       # (N, k*k, H*W)
