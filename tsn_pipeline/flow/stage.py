@@ -66,6 +66,9 @@ class FlowConfig:
             raise ValueError(f"backend {self.backend!r} must be resolved (torch, opencv, "
                              "opencv-cuda) before building a FlowConfig")
         object.__setattr__(self, "tvl1", backend_params(self.backend, self.tvl1))
+        if self.backend == "opencv" and self.tvl1.iterations % self.tvl1.median_every:
+            raise ValueError(f"--iterations {self.tvl1.iterations}: OpenCV CPU runs iterations in "
+                             f"blocks of {self.tvl1.median_every}; use a multiple of it (300)")
 
     def to_dict(self) -> Dict[str, Any]:
         d = {"kinds": list(self.kinds), "step": self.step, "bound": self.bound,
