@@ -164,6 +164,8 @@ def test_clear_errors(synth, tmp_path, cli_runner):
     assert r.exit_code == 2 and "not both" in r.output
     r = cli_runner(*base, "--frames", synth / "frames", "--split", "val")
     assert r.exit_code == 1 and "splits there: ['test', 'train']" in r.output
+    r = cli_runner(*base, "--frames", synth / "frames", "--val-split", "val")
+    assert r.exit_code == 1 and "--val-split 'val': no videos" in r.output
     r = cli_runner(*base, "--frames", synth / "frames", "--sync-bn")
     assert r.exit_code == 1 and "CUDA" in r.output
 

@@ -264,6 +264,9 @@ def build_datasets(cfg: TrainConfig):
     val: List = []
     if val_split:
         val = data.select_videos(sources, cfg.modality, val_split, video_list)
+        if not val:
+            raise TrainError(f"--val-split {val_split!r}: no videos of that split in the "
+                             f"{'list ' + cfg.list_file if cfg.list_file else 'shards'}")
     num_classes = cfg.num_classes or num_classes_of(sources, cfg.modality, video_list, train + val)
     try:
         data.check_labels(train + val, num_classes)
