@@ -16,7 +16,7 @@ Reads ``frames-<i>-of-<n>.h5`` (stream ``rgb``, written by ``tsn decode``) and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 

@@ -22,10 +22,9 @@ differences consecutive frames itself, giving ``3 * new_length`` channels to the
 from __future__ import annotations
 
 import json
-import math
 import os
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn

@@ -28,7 +28,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -467,10 +467,6 @@ def run_training(cfg: TrainConfig, model_kwargs: Dict[str, Any], out, resume: bo
     every epoch (the command prints there).
     """
     import torch
-    from torch.utils.data import DataLoader, DistributedSampler
-
-    from . import data
-    from .model import ModelConfig, build_model
 
     cfg = cfg.resolve()
     out = Path(out)
@@ -491,8 +487,6 @@ def run_training(cfg: TrainConfig, model_kwargs: Dict[str, Any], out, resume: bo
     if overwrite and not resume and d.main:     # no stale best.pt / metrics from the old run
         for name in (CHECKPOINT, BEST, METRICS, PLOT, CONFIG_JSON):
             (out / name).unlink(missing_ok=True)
-
-    import torch.backends.cudnn
 
     previous = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
                 torch.get_num_threads())

@@ -19,7 +19,6 @@ the released models; rescaling would change their input distribution.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
