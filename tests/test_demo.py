@@ -107,3 +107,101 @@ def test_demo_config_validation(kwargs, message):
     with pytest.raises(ValueError) as err:
         DemoConfig(**kwargs)
     assert message in str(err.value)
+
+
+SMALL_DEMO_TOML = """
+[make-demo-data]
+num_classes = 3
+groups = 3
+clips_per_group = 2
+test_groups = 1
+frames = 10
+size = "64x48"
+codec = "mpeg4"
+
+[make-list]
+split = 1
+
+[decode]
+size = "original"
+
+[flow]
+kind = "both"
+bound = 5.0
+backend = "opencv"
+iterations = 30
+nscales = 2
+warps = 1
+median = "0"
+
+[train]
+arch = "resnet10"
+input_size = 32
+num_segments = 2
+batch_size = 6
+epochs = 1
+partial_bn = false
+workers = 0
+device = "cpu"
+
+[train.flow]
+new_length = 3
+
+[train.warped]
+new_length = 3
+
+[score]
+num_snippets = 2
+crops = "1"
+device = "cpu"
+"""
+
+
+@pytest.mark.slow
+def test_make_demo_end_to_end_small(tmp_path):
+    """`make demo` on a 18-video version: every stage through make and the CLI, outputs exist,
+    the same ids at every stage, and a second `make` has nothing left to do."""
+    import shutil
+    import subprocess
+
+    from conftest import REPO
+    from tsn_pipeline import store
+    from tsn_pipeline.videolist import load_video_list
+
+    if shutil.which("make") is None:
+        pytest.skip("GNU make is not installed")
+    cfg = tmp_path / "small.toml"
+    cfg.write_text(SMALL_DEMO_TOML)
+    out = tmp_path / "out"
+    # -o: use the installed .venv as it is (never re-run pip from a test)
+    args = ["make", "-o", ".venv/bin/tsn", f"OUT={out}", f"demo_CFG={cfg}", "WORKERS=1"]
+    proc = subprocess.run(args + ["demo"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "fused" in proc.stdout and f"demo outputs in {out}" in proc.stdout
+    videos = load_video_list(out / "lists" / "split1.csv")
+    ids = sorted(it.video_id for it in videos.items)
+    test_ids = sorted(it.video_id for it in videos.items if it.split == "test")
+    assert len(ids) == 18 and len(test_ids) == 6
+    motion = json.loads((out / "data" / "motion.json").read_text())
+    assert sorted(motion["videos"]) == ids
+    frames = store.open_shards(out / "frames", "frames")
+    flow = store.open_shards(out / "flow", "flow")
+    assert frames.ids == flow.ids == ids
+    assert all(flow[v].length == frames[v].length - 1 == 9 for v in ids)
+    assert flow.config()["kinds"] == ["tvl1", "warped"]
+    split = out / "split1"
+    for m in ("rgb", "flow", "warped"):
+        summary = json.loads((split / f"train-{m}.json").read_text().strip().splitlines()[-1])
+        assert summary["train_videos"] == 12
+        assert (split / f"train-{m}" / "checkpoint.pt").is_file()
+        assert (split / f"train-{m}" / "metrics.png").is_file()
+        scores = store.open_shards(split / f"scores-{m}", "scores")
+        assert scores.ids == test_ids
+        assert [scores[v].label for v in test_ids] == [
+            next(it.label for it in videos.items if it.video_id == v) for v in test_ids]
+    fused = json.loads((split / "fused" / "fused.json").read_text())
+    text = json.dumps(fused)
+    assert all(v in text for v in test_ids) or fused.get("num_videos") == 6
+    # nothing left to do: every file target is up to date
+    again = subprocess.run(args + ["-q", "demo-all"], cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout + again.stderr
