@@ -213,3 +213,15 @@ def test_compiled_loop_equals_eager():
     compiled = tvl1(f[:2], f[1:], compile=True).numpy()
     eager = tvl1(f[:2], f[1:], compile=False).numpy()
     assert np.abs(compiled - eager).max() < 1e-3      # measured 1.3e-5 (fused float order)
+
+
+@pytest.mark.parametrize("check_every", [0, 3])
+def test_unrolled_iterations_give_the_same_flow(real_pairs, check_every):
+    """The CUDA default runs 8 iterations per call between stopping tests; same numbers."""
+    prev, nxt = real_pairs[0][2:4], real_pairs[1][2:4]
+    p = TVL1Params(nscales=3, check_every=check_every)
+    s1, s8 = {}, {}
+    one = tvl1(prev, nxt, p, unroll=1, stats=s1).numpy()
+    eight = tvl1(prev, nxt, p, unroll=8, stats=s8).numpy()
+    assert np.array_equal(one, eight)
+    assert s1 == s8

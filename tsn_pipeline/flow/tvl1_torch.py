@@ -293,6 +293,18 @@ def tvl1_step(u1, u2, p11, p12, p21, p22, I1wx, I1wy, grad, rho_c,
             (p21 + taut * u2x) / ng2, (p22 + taut * u2y) / ng2, err)
 
 
+UNROLL = 8
+
+
+def tvl1_steps(u1, u2, p11, p12, p21, p22, I1wx, I1wy, grad, rho_c,
+               l_t: float, theta: float, taut: float):
+    """``UNROLL`` iterations of ``tvl1_step`` in one call (same arithmetic, in order)."""
+    state = (u1, u2, p11, p12, p21, p22)
+    for _ in range(UNROLL):
+        *state, err = tvl1_step(*state, I1wx, I1wy, grad, rho_c, l_t, theta, taut)
+    return (*state, err)
+
+
 def warp_terms(stack, i0, u1, u2, interp: str):
     """OpenCV's warpBackward: warp (I1, I1x, I1y) = ``stack (N,3,H,W)`` by u and return the
     constant terms of the linearised data term: I1wx, I1wy, |grad I1w|^2 and
@@ -322,10 +334,13 @@ def _compiled(name: str, fn, compile: bool):
 
 # -- the solver -------------------------------------------------------------------------------
 def _solve_warp(state, I1wx, I1wy, grad, rho_c, params: TVL1Params, eps_area: float,
-                step, stats: Optional[Dict]):
+                step, steps_k, unroll: int, stats: Optional[Dict]):
     """Iterate one warp on all pairs of ``state`` (list of 6 tensors (N,H,W)), in place.
 
     Converged pairs leave the active set; their rows are written back into ``state``.
+    Iterations that need no stopping test are queued and run ``unroll`` at a time through
+    ``steps_k`` (one call for several iterations: on a GPU the per-call overhead, not the
+    arithmetic, bounds small levels); the result is the same as one call per iteration.
     """
     import torch
 
@@ -338,29 +353,48 @@ def _solve_warp(state, I1wx, I1wy, grad, rho_c, params: TVL1Params, eps_area: fl
     consts = [I1wx, I1wy, grad, rho_c]
     prev_err = np.zeros(n_pairs)               # CUDA's prevError, per pair
     adaptive = params.check_every == 0
+    pending = 0                                # queued iterations without a stopping test
+
+    def count(k):
+        if stats is not None:
+            stats["pair_iterations"] = stats.get("pair_iterations", 0) + k * len(active)
+            stats["pixel_iterations"] = stats.get("pixel_iterations", 0) + k * cur[0].numel()
+
+    def flush():
+        nonlocal cur, pending
+        while pending:
+            k = unroll if unroll > 1 and pending >= unroll else 1
+            cur = list((steps_k if k > 1 else step)(*cur, *consts, l_t, theta, taut)[:6])
+            count(k)
+            pending -= k
+
     for n in range(params.iterations):
         if params.median > 1 and n % params.median_every == 0:
+            flush()
             cur[0] = median_filter(cur[0], params.median)
             cur[1] = median_filter(cur[1], params.median)
-        *cur, err = step(*cur, *consts, l_t, theta, taut)
-        if stats is not None:
-            stats["pair_iterations"] = stats.get("pair_iterations", 0) + len(active)
-            stats["pixel_iterations"] = stats.get("pixel_iterations", 0) + cur[0].numel()
         if params.epsilon <= 0:
+            pending += 1
             continue
         if adaptive:
             # OpenCV CUDA: measure at odd n when prevError < eps; else prevError -= eps
             due = (prev_err < eps_area) if (n & 1) else np.zeros(len(active), bool)
             if not due.any():
                 prev_err -= eps_area
+                pending += 1
                 continue
-            e = err.double().cpu().numpy()
+        elif (n + 1) % params.check_every:
+            pending += 1
+            continue
+        flush()
+        *cur, err = step(*cur, *consts, l_t, theta, taut)
+        count(1)
+        e = err.double().cpu().numpy()
+        if adaptive:
             prev_err = np.where(due, e, prev_err - eps_area)
             done = due & (e <= eps_area)
         else:
-            if (n + 1) % params.check_every:
-                continue
-            done = err.double().cpu().numpy() <= eps_area
+            done = e <= eps_area
         if done.any():
             done_t = torch.from_numpy(np.flatnonzero(done)).to(active.device)
             keep_t = torch.from_numpy(np.flatnonzero(~done)).to(active.device)
@@ -373,18 +407,21 @@ def _solve_warp(state, I1wx, I1wy, grad, rho_c, params: TVL1Params, eps_area: fl
             cur = [c[keep_t] for c in cur]
             consts = [c[keep_t] for c in consts]
             prev_err = prev_err[~done]
+    flush()
     for full, c in zip(state, cur):
         full[active] = c
 
 
 def tvl1(prev, nxt, params: TVL1Params = TVL1Params(), device=None, compile: bool = False,
-         stats: Optional[Dict] = None):
+         stats: Optional[Dict] = None, unroll: Optional[int] = None):
     """TV-L1 flow from ``prev`` to ``nxt`` for a batch of pairs of one size.
 
     ``prev``, ``nxt``: (N, H, W) or (H, W) gray images, uint8 (0..255) or float in the same
     0..255 range, numpy or torch. Returns float32 flow (N, 2, H, W) (x first) in pixels such
     that prev(x) ~ nxt(x + flow(x)), as a torch tensor on ``device`` (default: the input's
     device for tensors, else CPU). ``stats`` (a dict) receives iteration counts.
+    ``unroll``: iterations per call between stopping tests (default 8 on CUDA, where call
+    overhead dominates the small pyramid levels; 1 on CPU); it does not change the result.
     """
     import torch
 
@@ -406,6 +443,11 @@ def tvl1(prev, nxt, params: TVL1Params = TVL1Params(), device=None, compile: boo
     if n == 0:
         return torch.zeros((0, 2, h, w), device=I0.device)
     step = _compiled("step", tvl1_step, compile)
+    if unroll is None:
+        unroll = UNROLL if I0.device.type == "cuda" else 1
+    if unroll not in (1, UNROLL):
+        raise ValueError(f"unroll={unroll}: use 1 or {UNROLL}")
+    steps_k = _compiled("steps", tvl1_steps, compile) if unroll > 1 else None
     terms = _compiled("warp", warp_terms, compile)
     sizes = pyramid_sizes(h, w, params)
     I0s, I1s = [I0], [I1]
@@ -427,7 +469,8 @@ def tvl1(prev, nxt, params: TVL1Params = TVL1Params(), device=None, compile: boo
             for _ in range(params.warps):
                 u1, u2 = state[0], state[1]
                 I1wx, I1wy, grad, rho_c = terms(stack, i0, u1, u2, params.interp)
-                _solve_warp(state, I1wx, I1wy, grad, rho_c, params, eps_area, step, stats)
+                _solve_warp(state, I1wx, I1wy, grad, rho_c, params, eps_area, step, steps_k,
+                            unroll, stats)
             u1, u2 = state[0], state[1]
             if s > 0:
                 u1 = resize_linear(u1, sizes[s - 1]) * (1.0 / params.scale_step)
