@@ -49,6 +49,7 @@ $(1)_LIST = $$($(1)_OUT)/lists/split$$(SPLIT).csv
 $(1)_SPLITDIR = $$($(1)_OUT)/split$$(SPLIT)
 $(1)_FRAMES = $$(call tsn_shards,$$($(1)_OUT)/frames,frames)
 $(1)_FLOW = $$(call tsn_shards,$$($(1)_OUT)/flow,flow)
+$(1)_FLOW_ARGS ?=
 
 .PHONY: $(1)-list $(1)-decode $(1)-flow $(1)-train $(1)-score $(1)-fuse $(1)-features \
         $(1)-index $(1)-all $(foreach m,$(MODALITIES),$(1)-train-$(m) $(1)-score-$(m) $(1)-features-$(m))
@@ -70,7 +71,7 @@ $$($(1)_OUT)/frames/frames-%.h5: | $$($(1)_LIST) $$(TSN)
 	$$(TSN) --config $$($(1)_CFG) decode $$($(1)_LIST) --out $$(@D) --shard-index $$(call tsn_index,$$*) --num-shards $$(call tsn_count,$$*) --workers $$(WORKERS)
 
 $$($(1)_OUT)/flow/flow-%.h5: $$($(1)_OUT)/frames/frames-%.h5 | $$(TSN)
-	$$(TSN) --config $$($(1)_CFG) flow $$< --out $$(@D) --shard-index $$(call tsn_index,$$*) --num-shards $$(call tsn_count,$$*) --workers $$(WORKERS)
+	$$(TSN) --config $$($(1)_CFG) flow $$< --out $$(@D) --shard-index $$(call tsn_index,$$*) --num-shards $$(call tsn_count,$$*) --workers $$(WORKERS) $$($(1)_FLOW_ARGS)
 
 $$($(1)_SPLITDIR)/train-rgb.json: $$($(1)_FRAMES) | $$($(1)_LIST)
 $$($(1)_SPLITDIR)/train-flow.json $$($(1)_SPLITDIR)/train-warped.json: $$($(1)_FLOW) | $$($(1)_LIST)

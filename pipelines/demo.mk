@@ -2,6 +2,10 @@
 # $(OUT)/data, default out/demo/data) and runs every stage on it with pipelines/demo.toml.
 $(eval $(call tsn_dataset,demo,ucf101,$$(demo_OUT)/data,$$(demo_OUT)/data/motion.json))
 
+# Flow: on a GPU machine the flow stage's own choice (torch on CUDA); on CPUs OpenCV's TV-L1
+# in WORKERS processes, which is faster there than torch on the CPU for these tiny frames.
+demo_FLOW_ARGS = --backend $(if $(shell command -v nvidia-smi 2>/dev/null),auto,opencv)
+
 .PHONY: demo demo-data
 demo-data: $(demo_OUT)/data/motion.json
 

@@ -52,7 +52,7 @@ class DemoConfig:
     groups: int = 8                      # per class; groups 1..test_groups are the test set
     clips_per_group: int = 3
     test_groups: int = 3
-    frames: int = 24
+    frames: int = 16
     width: int = 96
     height: int = 72
     fps: float = 12.0

@@ -23,7 +23,7 @@ def _size(ctx, param, value):
 @click.option("--clips-per-group", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--test-groups", type=click.IntRange(min=1), default=3, show_default=True,
               help="Groups 1..N of every class form the test set (split 1).")
-@click.option("--frames", type=click.IntRange(min=8), default=24, show_default=True)
+@click.option("--frames", type=click.IntRange(min=8), default=16, show_default=True)
 @click.option("--size", default="96x72", show_default=True, callback=_size,
               help="Frame size WIDTHxHEIGHT (even numbers).")
 @click.option("--fps", type=click.FloatRange(min=1), default=12.0, show_default=True)
