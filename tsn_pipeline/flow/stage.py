@@ -17,12 +17,12 @@ from several videos on one device (``batch_size`` pairs of one frame size at a t
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
@@ -94,7 +94,22 @@ def _frame_shards(path: str) -> store.ShardSet:
     return s
 
 
-def load_gray(task: batch.Task) -> Tuple[np.ndarray, Dict[str, Any]]:
+_POOL = []
+
+
+def _map(fn, items, threaded: bool):
+    """``map`` in this thread, or on a shared thread pool (OpenCV's codecs release the GIL,
+    so JPEG work overlaps; used by the torch backend, whose main process feeds the device)."""
+    if not threaded:
+        return list(map(fn, items))
+    if not _POOL:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL.append(ThreadPoolExecutor(min(8, os.cpu_count() or 1)))
+    return list(_POOL[0].map(fn, items))
+
+
+def load_gray(task: batch.Task, threaded: bool = False) -> Tuple[np.ndarray, Dict[str, Any]]:
     """Frames of ``task.video_id`` from its frame shard as gray uint8 (T, H, W), and its attrs."""
     import cv2
 
@@ -104,14 +119,15 @@ def load_gray(task: batch.Task) -> Tuple[np.ndarray, Dict[str, Any]]:
     if n == 0:
         return np.zeros((0, 0, 0), np.uint8), dict(entry.attrs)
     payloads = shards.read_encoded(task.video_id, "rgb", range(n))
-    gray = []
-    for i, p in enumerate(payloads):
-        img = cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR)
+
+    def gray(i):
+        img = cv2.imdecode(np.frombuffer(payloads[i], np.uint8), cv2.IMREAD_COLOR)
         if img is None:
             raise batch.VideoFailure(f"frame {i} of {task.video_id!r} in {task.source} does not "
                                      "decode; run `tsn verify` on the frame shard")
-        gray.append(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY))   # = RGB2GRAY on the RGB pixels
-    return np.stack(gray), dict(entry.attrs)
+        return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)     # = RGB2GRAY on the RGB pixels
+
+    return np.stack(_map(gray, range(n), threaded)), dict(entry.attrs)
 
 
 def pair_indices(num_frames: int, step: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -129,7 +145,7 @@ def check_length(task: batch.Task, num_frames: int, step: int) -> None:
 
 # -- building the record ------------------------------------------------------------------
 def make_record(task: batch.Task, attrs: Dict[str, Any], flows: Dict[str, np.ndarray],
-                cfg: FlowConfig) -> store.VideoRecord:
+                cfg: FlowConfig, threaded: bool = False) -> store.VideoRecord:
     """Quantise/encode the float flows (dict kind -> (T, 2, H, W)) into a flow-shard record."""
     streams: Dict[str, List[bytes]] = {}
     arrays: Dict[str, np.ndarray] = {}
@@ -140,8 +156,9 @@ def make_record(task: batch.Task, attrs: Dict[str, Any], flows: Dict[str, np.nda
             continue
         q = quantize_flow(f, cfg.bound)                 # (T, 2, H, W) uint8
         for c, axis in enumerate(("x", "y")):
-            streams[f"{kind}_{axis}"] = [store.encode_image(q[t, c], cfg.encoding, cfg.quality)
-                                         for t in range(len(q))]
+            streams[f"{kind}_{axis}"] = _map(
+                lambda t: store.encode_image(q[t, c], cfg.encoding, cfg.quality),
+                range(len(q)), threaded)
     out = {k: attrs[k] for k in ("fps", "label", "class_name", "split") if k in attrs}
     n_frames = int(attrs.get("num_frames", 0))
     h, w = flows[cfg.kinds[0]].shape[-2:]
@@ -222,13 +239,13 @@ def batch_videos(tasks: Sequence[batch.Task], cfg: FlowConfig, device: str = "cp
             if p.left == 0:
                 del pending[v]
                 try:
-                    yield p.task, make_record(p.task, p.attrs, p.flows, cfg)
+                    yield p.task, make_record(p.task, p.attrs, p.flows, cfg, threaded=True)
                 except Exception as exc:
                     yield p.task, exc
 
     for task in tasks:
         try:
-            gray, attrs = load_gray(task)
+            gray, attrs = load_gray(task, threaded=True)
             check_length(task, len(gray), cfg.step)
         except Exception as exc:
             yield task, exc
