@@ -244,7 +244,7 @@ class FlipSymmetric:
 @pytest.mark.parametrize("modality", ["rgb", "flow"])
 def test_flip_symmetric_model_gives_equal_ten_crop_scores(modality, tmp_path):
     from tsn_pipeline import data
-    from tsn_pipeline.score import SnippetDataset, SnippetPlan, run_model
+    from tsn_pipeline.score import SnippetDataset, SnippetPlan, iter_video_outputs
 
     model, cfg = tiny_model(modality, seed=1, new_length=2 if modality == "flow" else None)
     sym = FlipSymmetric(model)
@@ -260,11 +260,11 @@ def test_flip_symmetric_model_gives_equal_ten_crop_scores(modality, tmp_path):
         plan = SnippetPlan(modality, cfg.snippet_length, num_snippets=5, input_size=S_IN,
                            crops=10)
         tasks = [batch.Task(v, "", 0) for v in sorted(videos)]
-        clips = (SnippetDataset(src, tasks, plan)[i] for i in range(len(tasks)))
-        for task, idx, y in run_model(sym, "forward_snippets", clips, cfg.mean, cfg.std,
-                                      modality, 100, "cpu"):
+        for task, idx, y in iter_video_outputs(sym, "forward_snippets",
+                                               SnippetDataset(src, tasks, plan), 1, cfg.mean,
+                                               cfg.std, 100, "cpu"):
             assert not isinstance(y, BaseException), y
-            outs[(mirror, task.video_id)] = y.reshape(10, 5, -1)
+            outs[(mirror, task.video_id)] = y                  # (10 crops, 5 snippets, K)
     for vid in videos:
         a, b = outs[(False, vid)], outs[(True, vid)]
         np.testing.assert_allclose(a[:5], a[5:], rtol=1e-5, atol=1e-5)      # invariance
@@ -484,3 +484,48 @@ def test_score_shard_i_reads_only_frame_shard_i_even_after_filtering(rgb_setup, 
         assert res.exit_code == 0, res.output
     assert store.open_shards(tmp_path / "s" / "scores-0-of-2.h5").ids == ["vid_c"]
     assert store.open_shards(tmp_path / "s" / "scores-1-of-2.h5").ids == ["vid_b"]
+
+
+def test_long_videos_are_read_in_chunks_with_the_same_result(rgb_setup, tmp_path):
+    """Chunks of 4 snippets (vid_a: 31 frames at stride 2 -> 16 snippets -> 4 chunks) give
+    the same outputs as one chunk; a failing chunk fails its whole video, once."""
+    import torch
+
+    from tsn_pipeline import data
+    from tsn_pipeline.score import SnippetDataset, SnippetPlan, iter_video_outputs
+
+    src = data.Sources.open(frames=rgb_setup["frames"])
+    plan = SnippetPlan("rgb", 1, stride=2, input_size=S_IN, crops=3)
+    tasks = [batch.Task(v, "", 0) for v in sorted(VIDEOS)] + [batch.Task("nope", "", 0)]
+    model, cfg = rgb_setup["model"], rgb_setup["cfg"]
+    torch.manual_seed(0)
+
+    def run(chunk, bs):
+        ds = SnippetDataset(src, tasks, plan, chunk=chunk)
+        return ds, list(iter_video_outputs(model, "forward_snippets", ds, 1, cfg.mean, cfg.std,
+                                           bs, "cpu"))
+
+    ds4, small = run(4, 7)
+    ds64, big = run(64, 1000)
+    assert len(ds4) == 4 + 2 + 1 + 1 and len(ds64) == 4       # vid_a, vid_b, vid_c, nope
+    assert [t.video_id for t, _, _ in small] == ["vid_a", "vid_b", "vid_c", "nope"]
+    for (t, i1, o1), (_, i2, o2) in zip(small[:3], big[:3]):
+        assert o1.shape == (3, len(i1), 4)
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_allclose(o1, o2, rtol=1e-5, atol=1e-5)
+    assert small[0][1][:, 0].tolist() == list(range(0, 31, 2))
+    assert isinstance(small[3][2], batch.VideoFailure) and "nope" in str(small[3][2])
+
+    class FailSecondChunk:
+        calls = 0
+
+        def forward_snippets(self, x):
+            FailSecondChunk.calls += 1
+            if FailSecondChunk.calls == 2:
+                raise RuntimeError("device out of memory (simulated)")
+            return model.forward_snippets(x)
+
+    ds = SnippetDataset(src, tasks[:1], plan, chunk=4)
+    (res,) = list(iter_video_outputs(FailSecondChunk(), "forward_snippets", ds, 1, cfg.mean,
+                                     cfg.std, 12, "cpu"))
+    assert res[1] is None and "out of memory" in str(res[2])

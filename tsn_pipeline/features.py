@@ -34,7 +34,7 @@ import numpy as np
 
 from . import batch, store
 from .score import (AMPS, CROP_CHOICES, SnippetDataset, SnippetPlan, class_names, file_sha256,
-                    iter_clips, num_items, plan_tasks, resolve_device, run_model)
+                    iter_video_outputs, num_items, plan_tasks, resolve_device)
 
 KIND = "features"
 DTYPES = ("float32", "float16")
@@ -113,15 +113,15 @@ def run_features(checkpoint, sources, out_dir, cfg: FeaturesConfig, shard_index:
                   checkpoint_sha256=file_sha256(checkpoint), input_size=mcfg.input_size)
 
     def batch_process(todo):
-        clips = iter_clips(SnippetDataset(sources, todo, plan), workers)
-        for task, idx, out in run_model(model, "forward_features", clips, mcfg.mean, mcfg.std,
-                                        mcfg.modality, batch_size, dev, cfg.amp):
+        for task, idx, out in iter_video_outputs(model, "forward_features",
+                                                 SnippetDataset(sources, todo, plan), workers,
+                                                 mcfg.mean, mcfg.std, batch_size, dev, cfg.amp):
             if isinstance(out, BaseException):
                 yield task, out
                 continue
             fps = shards[task.video_id].attrs.get("fps")
             yield task, features_record(
-                task.video_id, out.reshape(cfg.crops, idx.shape[0], -1), idx,
+                task.video_id, out, idx,
                 label=task.label, modality=mcfg.modality, dtype=cfg.dtype,
                 class_name=task.meta.get("class_name", ""),
                 source_length=num_items(sources, task.video_id, mcfg.modality),

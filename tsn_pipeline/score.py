@@ -252,36 +252,60 @@ def num_items(sources, video_id: str, modality: str) -> int:
     return n
 
 
-class SnippetDataset:
-    """One item per task: ``(task, indices (S, L), uint8 clip (crops * S, L, ...))`` or
-    ``(task, None, exception)``. Runs in DataLoader workers; never raises per video."""
+SNIPPETS_PER_ITEM = 64   # snippets of one video read and cropped at once (bounds memory)
 
-    def __init__(self, sources, tasks: Sequence[batch.Task], plan: SnippetPlan):
+
+def _failure(exc: BaseException) -> batch.VideoFailure:
+    """The error as a VideoFailure carrying its text: it crosses from DataLoader workers
+    safely (some exception classes do not survive pickling)."""
+    if isinstance(exc, batch.VideoFailure):
+        return exc
+    return batch.VideoFailure(f"{type(exc).__name__}: {exc}")
+
+
+class SnippetDataset:
+    """Model input of several videos, in chunks of at most ``chunk`` snippets of one video.
+
+    Item ``j``: ``(task, part, parts, indices (s, L), uint8 rows (crops * s, L, ...))``, rows
+    ordered crop-major; or ``(task, part, parts, None, VideoFailure)``. Chunks keep a long
+    video (an hour at stride 16: thousands of snippets) from being decoded into memory at
+    once. Runs in DataLoader workers; never raises per video.
+    """
+
+    def __init__(self, sources, tasks: Sequence[batch.Task], plan: SnippetPlan,
+                 chunk: int = SNIPPETS_PER_ITEM):
         self.sources = sources
-        self.tasks = list(tasks)
         self.plan = plan
         self.transform = plan.transform()
+        self.items: List[Tuple] = []
+        for task in tasks:
+            try:
+                idx = plan.indices(num_items(sources, task.video_id, plan.modality))
+            except Exception as exc:
+                self.items.append((task, 0, 1, None, _failure(exc)))
+                continue
+            parts = max(1, -(-len(idx) // int(chunk)))
+            for p in range(parts):
+                self.items.append((task, p, parts, idx[p * chunk:(p + 1) * chunk], None))
 
     def __len__(self):
-        return len(self.tasks)
+        return len(self.items)
 
-    def __getitem__(self, i):
+    def __getitem__(self, j):
         from . import data
 
-        task = self.tasks[i]
+        task, part, parts, idx, err = self.items[j]
+        if err is not None:
+            return task, part, parts, None, err
         try:
-            n = num_items(self.sources, task.video_id, self.plan.modality)
-            idx = self.plan.indices(n)
             clip = data.load_clip(self.sources, task.video_id, self.plan.modality, idx)
             out = self.transform(clip, None)
             if self.plan.crops == 1:
                 out = out[None]
-            out = np.ascontiguousarray(out.reshape((-1,) + out.shape[2:]))   # (crops*S, L, ..)
-            return task, idx, out
+            out = np.ascontiguousarray(out.reshape((-1,) + out.shape[2:]))   # (crops*s, L, ..)
+            return task, part, parts, idx, out
         except Exception as exc:   # recorded as this video's failure by the batch runner
-            # as a VideoFailure carrying the text: it crosses from DataLoader workers safely
-            # (some exception classes do not survive pickling)
-            return task, None, batch.VideoFailure(f"{type(exc).__name__}: {exc}")
+            return task, part, parts, None, _failure(exc)
 
 
 def _identity(item):
@@ -318,13 +342,15 @@ def normalize_rows(x, modality: str, mean: Sequence[float], std: Sequence[float]
 
 
 def run_model(model, forward: str, items: Iterator[Tuple], cfg_mean, cfg_std, modality: str,
-              batch_size: int, device, amp: str = "none") -> Iterator[Tuple[batch.Task, Any, Any]]:
-    """Forward the rows of several videos in device batches of ``batch_size`` rows.
+              batch_size: int, device, amp: str = "none") -> Iterator[Tuple]:
+    """Forward the rows of several items (chunks of videos) in device batches of
+    ``batch_size`` rows.
 
-    ``items``: ``(task, indices, uint8 rows | exception)`` from ``iter_clips``. Yields
-    ``(task, indices, outputs float32 numpy (rows, D))`` or ``(task, None, exception)``,
-    in input order. ``forward``: ``"forward_snippets"`` or ``"forward_features"``.
-    ``amp="bf16"`` runs the model under bfloat16 autocast (outputs stored as float32).
+    ``items``: tuples whose last element is uint8 rows or an exception (``SnippetDataset``).
+    Yields each item, in input order, with its last element replaced by the outputs
+    (float32 numpy ``(rows, D)``) or left as the exception. ``forward``:
+    ``"forward_snippets"`` or ``"forward_features"``. ``amp="bf16"`` runs the model under
+    bfloat16 autocast (outputs are float32).
     """
     import torch
 
@@ -337,11 +363,11 @@ def run_model(model, forward: str, items: Iterator[Tuple], cfg_mean, cfg_std, mo
 
     def flush():
         nonlocal pending, rows
-        good = [p for p in pending if not isinstance(p[2], BaseException)]
+        good = [i for i, p in enumerate(pending) if not isinstance(p[-1], BaseException)]
         outs: Dict[int, Any] = {}
         if good:
             try:
-                x = torch.from_numpy(np.concatenate([p[2] for p in good]))
+                x = torch.from_numpy(np.concatenate([pending[i][-1] for i in good]))
                 chunks = []
                 with torch.inference_mode(), torch.autocast(dev_type, dtype=torch.bfloat16,
                                                             enabled=amp == "bf16"):
@@ -351,25 +377,50 @@ def run_model(model, forward: str, items: Iterator[Tuple], cfg_mean, cfg_std, mo
                         chunks.append(fn(xb).float().cpu())
                 y = torch.cat(chunks).numpy()
                 a = 0
-                for p in good:
-                    outs[id(p)] = y[a:a + len(p[2])]
-                    a += len(p[2])
+                for i in good:
+                    n = len(pending[i][-1])
+                    outs[i] = y[a:a + n]
+                    a += n
             except Exception as exc:     # e.g. out of device memory: these videos fail
-                for p in good:
-                    outs[id(p)] = exc
-        for p in pending:
-            res = p[2] if isinstance(p[2], BaseException) else outs[id(p)]
-            yield (p[0], None, res) if isinstance(res, BaseException) else (p[0], p[1], res)
+                for i in good:
+                    outs[i] = _failure(exc)
+        for i, p in enumerate(pending):
+            yield p[:-1] + (outs.get(i, p[-1]),)
         pending, rows = [], 0
 
     for item in items:
         pending.append(item)
-        if not isinstance(item[2], BaseException):
-            rows += len(item[2])
+        if not isinstance(item[-1], BaseException):
+            rows += len(item[-1])
         if rows >= batch_size:
             yield from flush()
     if pending:
         yield from flush()
+
+
+def iter_video_outputs(model, forward: str, dataset: SnippetDataset, workers: int, mean, std,
+                       batch_size: int, device, amp: str = "none") -> Iterator[Tuple]:
+    """Per video, in task order: ``(task, indices (S, L), outputs (crops, S, D))`` or
+    ``(task, None, exception)``. Reads with ``workers`` processes, forwards on ``device``."""
+    plan = dataset.plan
+    idxs: List[np.ndarray] = []
+    outs: List[np.ndarray] = []
+    failed: Optional[BaseException] = None
+    for task, part, parts, idx, out in run_model(model, forward, iter_clips(dataset, workers),
+                                                 mean, std, plan.modality, batch_size, device,
+                                                 amp):
+        if part == 0:
+            idxs, outs, failed = [], [], None
+        if isinstance(out, BaseException):
+            failed = failed or out
+        elif failed is None:
+            idxs.append(idx)
+            outs.append(out.reshape(plan.crops, len(idx), -1))
+        if part == parts - 1:
+            if failed is not None:
+                yield task, None, failed
+            else:
+                yield task, np.concatenate(idxs), np.concatenate(outs, axis=1)
 
 
 def resolve_device(name: str):
@@ -468,14 +519,13 @@ def run_score(checkpoint, sources, out_dir, cfg: ScoreConfig, shard_index: int =
                   checkpoint_sha256=file_sha256(checkpoint), input_size=mcfg.input_size)
 
     def batch_process(todo: List[batch.Task]):
-        clips = iter_clips(SnippetDataset(sources, todo, plan), workers)
-        for task, idx, out in run_model(model, "forward_snippets", clips, mcfg.mean, mcfg.std,
-                                        mcfg.modality, batch_size, dev, cfg.amp):
+        for task, idx, out in iter_video_outputs(model, "forward_snippets",
+                                                 SnippetDataset(sources, todo, plan), workers,
+                                                 mcfg.mean, mcfg.std, batch_size, dev, cfg.amp):
             if isinstance(out, BaseException):
                 yield task, out
                 continue
-            s = idx.shape[0]
-            crop_scores = out.reshape(cfg.crops, s, -1).transpose(1, 0, 2)   # (S, crops, K)
+            crop_scores = out.transpose(1, 0, 2)                         # (S, crops, K)
             yield task, scores_record(
                 task.video_id, crop_scores, label=task.label, modality=mcfg.modality,
                 crop_agg=cfg.crop_agg, save_crops=cfg.save_crops, snippet_indices=idx,
