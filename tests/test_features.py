@@ -118,3 +118,42 @@ def test_features_option_errors(tmp_path):
     res = invoke(["features", str(ckpt), "--out", str(tmp_path / "f")])
     assert res.exit_code == 2 and "--frames" in res.output
     assert frames_of(1, 0).shape == (1, 36, 48, 3)
+
+
+def test_features_of_an_imagenet_backbone_without_checkpoint(tmp_path):
+    """--arch/--pretrained: a torchvision-format state dict (here resnet10 with random
+    weights) loaded into the backbone; features equal the backbone's own output."""
+    import torch
+
+    from tsn_pipeline.model import ModelConfig, build_model, build_backbone
+
+    torch.manual_seed(3)
+    torch.save(build_backbone("resnet10").state_dict(), tmp_path / "r10.pth")
+    frames = write_frame_shards(tmp_path / "frames", {"vid_b": VIDEOS["vid_b"]})
+    res = invoke(["features", "--arch", "resnet10", "--pretrained", str(tmp_path / "r10.pth"),
+                  "--input-size", str(S_IN), "--frames", str(frames), "--out",
+                  str(tmp_path / "f"), "--num-snippets", "2", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "f" / "features-0-of-1.h5", "r") as f:
+        cfg = json.loads(f.attrs["config"])
+        assert cfg["arch"] == "resnet10" and cfg["pretrained"].endswith("r10.pth")
+        assert len(cfg["pretrained_sha256"]) == 64 and "checkpoint" not in cfg
+        feats = f["videos"]["vid_b"]["features"][()]
+        idx = f["videos"]["vid_b"]["frame_indices"][()]
+    mcfg = ModelConfig(arch="resnet10", num_classes=1, input_size=S_IN,
+                       pretrained=str(tmp_path / "r10.pth"))
+    model = build_model(mcfg).eval()
+    fr = frames_of(12, 0)[idx][:, 2:2 + S_IN, 8:8 + S_IN]      # seed 0: first video written
+    x = (fr.astype(np.float32) / 255 - np.array(mcfg.mean, np.float32)) / np.array(mcfg.std,
+                                                                                 np.float32)
+    with torch.inference_mode():
+        ref = model.forward_features(torch.from_numpy(np.ascontiguousarray(
+            x.transpose(0, 3, 1, 2)))).numpy()
+    np.testing.assert_allclose(feats, ref, rtol=1e-4, atol=1e-5)
+    # a checkpoint and --arch together, or neither: usage errors
+    ckpt = save_checkpoint(tmp_path / "rgb.pt", *tiny_model("rgb"))
+    res = invoke(["features", str(ckpt), "--arch", "resnet10", "--frames", str(frames),
+                  "--out", str(tmp_path / "g")])
+    assert res.exit_code == 2 and "--arch" in res.output
+    res = invoke(["features", "--frames", str(frames), "--out", str(tmp_path / "g")])
+    assert res.exit_code == 2 and "--pretrained" in res.output

@@ -13,7 +13,8 @@ several crops the crop features are averaged.
 
 Feature file layout (kind ``features``; plain HDF5, see docs/SCORING.md)::
 
-    /                      attrs: config (features config incl. checkpoint and sha256),
+    /                      attrs: config (features config incl. checkpoint or pretrained file
+                                  and its sha256),
                                   modality, feature_dim, checkpoint, model_config, classes
     /videos/<video_id>     attrs: label, class_name, modality, num_snippets, feature_dim,
                                   snippet_length, source_length, fps (when the source has it)
@@ -92,25 +93,48 @@ def features_record(video_id: str, crop_features: np.ndarray, snippet_indices: n
                              arrays={"features": feats, "frame_indices": idx[:, 0].copy()})
 
 
+def load_model(checkpoint=None, model_config=None):
+    """``(model in eval mode, ModelConfig, train config, origin dict)`` from a `tsn train`
+    checkpoint, or from ``model_config`` (an ImageNet-initialised backbone: its
+    ``pretrained`` file, no TSN training). ``origin`` names the weights (path + SHA-256)."""
+    from .model import build_model, load_checkpoint
+
+    if (checkpoint is None) == (model_config is None):
+        raise ValueError("give a checkpoint or a model config (--arch/--pretrained), not both")
+    if checkpoint is not None:
+        model, mcfg, train_cfg = load_checkpoint(str(checkpoint), map_location="cpu")
+        return model, mcfg, train_cfg, {"checkpoint": str(checkpoint),
+                                        "checkpoint_sha256": file_sha256(checkpoint)}
+    if not model_config.pretrained:
+        raise ValueError("without a checkpoint, give --pretrained (a torchvision-format state "
+                         "dict file); features of random weights are of no use")
+    model = build_model(model_config).eval()
+    return model, model_config, {}, {"pretrained": str(model_config.pretrained),
+                                     "pretrained_sha256": file_sha256(model_config.pretrained),
+                                     "arch": model_config.arch}
+
+
 def run_features(checkpoint, sources, out_dir, cfg: FeaturesConfig, shard_index: int = 0,
                  num_shards: int = 1, split: Optional[str] = None, video_list=None,
                  batch_size: int = 256, device: str = "auto", workers: int = 1,
                  overwrite: bool = False, retry_failed: bool = False,
-                 progress: bool = True) -> batch.Summary:
-    """Feature shard ``shard_index`` of ``num_shards``: see the module docstring."""
+                 progress: bool = True, model_config=None) -> batch.Summary:
+    """Feature shard ``shard_index`` of ``num_shards``: see the module docstring.
+
+    The model is the ``checkpoint``'s, or (``checkpoint=None``) the ImageNet-initialised
+    backbone described by ``model_config`` (``ModelConfig`` with ``pretrained``).
+    """
     from . import data
-    from .model import load_checkpoint
 
     dev = resolve_device(device)
-    model, mcfg, train_cfg = load_checkpoint(str(checkpoint), map_location="cpu")
+    model, mcfg, train_cfg, origin = load_model(checkpoint, model_config)
     model.to(dev).eval()
     shards = data.shard_set(sources, mcfg.modality)
     plan = SnippetPlan(mcfg.modality, mcfg.snippet_length, num_snippets=cfg.num_snippets,
                        stride=cfg.stride, input_size=mcfg.input_size, crops=cfg.crops,
                        scale_size=cfg.scale_size)
     tasks, failures = plan_tasks(shards, shard_index, num_shards, split, video_list)
-    config = dict(cfg.to_dict(), modality=mcfg.modality, checkpoint=str(checkpoint),
-                  checkpoint_sha256=file_sha256(checkpoint), input_size=mcfg.input_size)
+    config = dict(cfg.to_dict(), modality=mcfg.modality, input_size=mcfg.input_size, **origin)
 
     def batch_process(todo):
         for task, idx, out in iter_video_outputs(model, "forward_features",
@@ -127,7 +151,8 @@ def run_features(checkpoint, sources, out_dir, cfg: FeaturesConfig, shard_index:
                 source_length=num_items(sources, task.video_id, mcfg.modality),
                 fps=float(fps) if fps is not None else None)
 
-    root_extra = {"modality": mcfg.modality, "checkpoint": str(checkpoint),
+    root_extra = {"modality": mcfg.modality,
+                  "checkpoint": str(checkpoint) if checkpoint is not None else "null",
                   "feature_dim": int(model.base.num_features),
                   "model_config": json.dumps(mcfg.to_dict(), sort_keys=True),
                   "classes": json.dumps(class_names(mcfg, train_cfg, shards))}

@@ -8,7 +8,7 @@ from .score import input_options, open_inputs
 
 
 @click.command()
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False), required=False)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder for features-<i>-of-<n>.h5 shards.")
 @click.option("--stride", type=click.IntRange(min=1), default=None,
@@ -23,18 +23,34 @@ from .score import input_options, open_inputs
                    "[default: input_size * 256 / 224 = 256].")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Stored feature dtype (float16 halves the files).")
+@click.option("--arch", default=None,
+              help="Without CHECKPOINT: backbone of an ImageNet-initialised model "
+                   "(resnet18/34/50/101, bninception, ...), with --pretrained.")
+@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Without CHECKPOINT: torchvision-format state dict of --arch.")
+@click.option("--modality", type=click.Choice(["rgb", "flow", "warped", "rgbdiff"]),
+              default=None, help="Without CHECKPOINT: input modality [default: rgb] (flow uses "
+                                 "TSN's cross-modality initialisation of the first conv).")
+@click.option("--new-length", type=click.IntRange(min=1), default=None,
+              help="Without CHECKPOINT: frames/fields per snippet [default: 1 rgb, 5 otherwise].")
+@click.option("--input-size", type=click.IntRange(min=32), default=None,
+              help="Without CHECKPOINT: crop size [default: 224].")
 @input_options
 @shard_options
 @run_options
 @stage_errors
 def features(checkpoint, out_dir, stride, num_snippets, crops, scale_size, dtype,
-             frames_dir, flow_dir, split, list_file, batch_size, device, amp,
+             arch, pretrained, modality, new_length, input_size, frames_dir, flow_dir, split, list_file, batch_size, device, amp,
              shard_index, num_shards, workers, overwrite, retry_failed, progress):
     """Extract snippet features (pooled backbone output, before dropout and classifier).
 
     \b
     tsn features runs/rgb/checkpoint.pt --frames out/frames --out out/features-rgb --stride 16
     tsn features runs/flow/checkpoint.pt --flow out/flow --out out/features-flow --num-snippets 100
+    tsn features --arch resnet50 --pretrained r50.pth --frames out/frames --out out/feat-in1k
+
+    CHECKPOINT is a `tsn train` checkpoint; without it, --arch and --pretrained give an
+    ImageNet-initialised backbone (no TSN training).
 
     Per video: features (snippets, dim) and frame_indices (snippets,), the 0-based first
     frame (flow: first field) of each snippet. Prints the JSON summary; exits 1 if any video
@@ -48,6 +64,27 @@ def features(checkpoint, out_dir, stride, num_snippets, crops, scale_size, dtype
                                  param_hint="--stride/--num-snippets")
     if stride is None and num_snippets is None:
         stride = 16
+    model_config = None
+    free = {"--arch": arch, "--pretrained": pretrained, "--modality": modality,
+            "--new-length": new_length, "--input-size": input_size}
+    if checkpoint is not None:
+        given = [k for k, v in free.items() if v is not None]
+        if given:
+            raise click.BadParameter(f"{', '.join(given)} describe a model without a "
+                                     "checkpoint; the checkpoint already says all that",
+                                     param_hint="CHECKPOINT")
+    else:
+        if not arch or not pretrained:
+            raise click.UsageError("give a CHECKPOINT (from tsn train), or --arch and "
+                                   "--pretrained for an ImageNet-initialised backbone")
+        from ..model import ModelConfig
+
+        try:
+            model_config = ModelConfig(arch=arch, modality=modality or "rgb", num_classes=1,
+                                       new_length=new_length, pretrained=pretrained,
+                                       input_size=input_size or 224)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from exc
     index, count = resolve_shard_or_fail(shard_index, num_shards)
     try:
         cfg = FeaturesConfig(stride=stride, num_snippets=num_snippets, crops=int(crops),
@@ -57,7 +94,8 @@ def features(checkpoint, out_dir, stride, num_snippets, crops, scale_size, dtype
     sources, videos = open_inputs(frames_dir, flow_dir, list_file)
     try:
         summary = run_features(checkpoint, sources, out_dir, cfg, index, count, split, videos,
-                               batch_size, device, workers, overwrite, retry_failed, progress)
+                               batch_size, device, workers, overwrite, retry_failed, progress,
+                               model_config=model_config)
     except (DataError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     report(summary)
