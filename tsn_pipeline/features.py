@@ -1,7 +1,7 @@
 """Feature stage: a TSN checkpoint + frame/flow shards -> snippet feature shards.
 
 Reads: frame shards (rgb, rgbdiff models) or flow shards (flow, warped models) and one
-checkpoint. Writes ``features-<i>-of-<n>.h5`` through the shared batch runner (resume,
+checkpoint (or, without one, a local ImageNet state dict for a bare backbone). Writes ``features-<i>-of-<n>.h5`` through the shared batch runner (resume,
 failures file, lock), for models that consume per-snippet features (temporal action
 localisation: BSN/BMN-style pipelines read one feature vector every 16 frames).
 
