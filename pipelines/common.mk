@@ -99,7 +99,7 @@ $(1)-features-warped: $$($(1)_SPLITDIR)/features-warped/features-0-of-1.h5
 
 # after array jobs: which shards are missing, unfinished or have failed videos
 $(1)-index: | $$(TSN)
-	$$(TSN) index $$($(1)_OUT)/frames --kind frames --num-shards $$(NUM_SHARDS) --list $$($(1)_LIST) && $$(TSN) index $$($(1)_OUT)/flow --kind flow --num-shards $$(NUM_SHARDS) --list $$($(1)_LIST)
+	$$(TSN) index $$($(1)_OUT)/frames --kind frames --num-shards $$(NUM_SHARDS) --list $$($(1)_LIST); s=$$$$?; $$(TSN) index $$($(1)_OUT)/flow --kind flow --num-shards $$(NUM_SHARDS) --list $$($(1)_LIST) && exit $$$$s
 endef
 
 .PHONY: help

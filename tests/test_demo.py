@@ -200,8 +200,11 @@ def test_make_demo_end_to_end_small(tmp_path):
         assert [scores[v].label for v in test_ids] == [
             next(it.label for it in videos.items if it.video_id == v) for v in test_ids]
     fused = json.loads((split / "fused" / "fused.json").read_text())
-    text = json.dumps(fused)
-    assert all(v in text for v in test_ids) or fused.get("num_videos") == 6
+    assert fused["num_videos"] == 6 and not fused["dropped"]
+    assert sorted(fused["weights"]) == ["flow", "rgb", "warped"]
+    predictions = (split / "fused" / "predictions.csv").read_text().splitlines()
+    assert predictions[0].startswith("video_id,label,fused")
+    assert sorted(line.split(",")[0] for line in predictions[1:]) == test_ids
     # nothing left to do: every file target is up to date
     again = subprocess.run(args + ["-q", "demo-all"], cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 0, again.stdout + again.stderr

@@ -57,7 +57,7 @@ class DemoConfig:
     height: int = 72
     fps: float = 12.0
     object_speed: Tuple[float, float] = (1.2, 1.8)     # px/frame relative to the background
-    pan_speed: Tuple[float, float] = (0.6, 1.6)        # px/frame camera pan, random direction
+    pan_speed: Tuple[float, float] = (0.3, 1.0)        # px/frame camera pan, random direction
     object_size: Tuple[int, int] = (14, 20)            # px, side / diameter
     noise: float = 2.0                   # sensor noise std (grey levels)
     codec: str = "mpeg4"

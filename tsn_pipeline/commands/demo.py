@@ -14,6 +14,16 @@ def _size(ctx, param, value):
     return w, h
 
 
+def _range(ctx, param, value):
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    try:
+        lo, hi = (float(x) for x in str(value).split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not LOW,HIGH (e.g. 0.6,1.6)") from None
+    return lo, hi
+
+
 @click.command("make-demo-data")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--classes", "num_classes", type=click.IntRange(2, 5), default=5, show_default=True,
@@ -27,13 +37,17 @@ def _size(ctx, param, value):
 @click.option("--size", default="96x72", show_default=True, callback=_size,
               help="Frame size WIDTHxHEIGHT (even numbers).")
 @click.option("--fps", type=click.FloatRange(min=1), default=12.0, show_default=True)
+@click.option("--object-speed", default="1.2,1.8", show_default=True, callback=_range,
+              help="Object speed relative to the background, px/frame (LOW,HIGH).")
+@click.option("--pan-speed", default="0.3,1.0", show_default=True, callback=_range,
+              help="Camera pan speed, px/frame, random direction (LOW,HIGH).")
 @click.option("--codec", type=click.Choice(["mpeg4", "ffv1", "libx264", "mjpeg", "png"]),
               default="mpeg4", show_default=True, help="Video codec (mpeg4 .avi like UCF101).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Rewrite a dataset made with other settings.")
 def make_demo_data(out, num_classes, groups, clips_per_group, test_groups, frames, size, fps,
-                   codec, seed, workers, overwrite):
+                   object_speed, pan_speed, codec, seed, workers, overwrite):
     """Generate the demo dataset in OUT: videos/<Class>/*.avi, splits/ (UCF101 format), motion.json.
 
     The class is the direction an object moves relative to a textured background while the
@@ -45,7 +59,8 @@ def make_demo_data(out, num_classes, groups, clips_per_group, test_groups, frame
     try:
         cfg = DemoConfig(num_classes=num_classes, groups=groups, clips_per_group=clips_per_group,
                          test_groups=test_groups, frames=frames, width=size[0], height=size[1],
-                         fps=fps, codec=codec, seed=seed)
+                         fps=fps, object_speed=object_speed, pan_speed=pan_speed, codec=codec,
+                         seed=seed)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     try:
