@@ -28,18 +28,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.common import write_result  # noqa: E402
 
-STAGES = ("make-demo-data", "make-list", "decode", "flow", "train", "score", "fuse")
-
-
 def stage_of(cmd: str) -> str:
-    for s in STAGES:
-        if re.search(rf"\s{re.escape(s)}\s", cmd):
-            m = re.search(r"--modality (\w+)", cmd)
-            if s in ("train", "score"):
-                mod = m.group(1) if m else re.search(r"train-(\w+)/checkpoint", cmd).group(1)
-                return f"{s}-{mod}"
-            return s
-    return "other"
+    """`... bin/tsn --config X train --modality flow ...` -> "train-flow"."""
+    m = re.search(r"bin/tsn (?:--config \S+ )?(\S+)", cmd)
+    stage = m.group(1) if m else "other"
+    if stage == "train":
+        return "train-" + re.search(r"--modality (\w+)", cmd).group(1)
+    if stage == "score":
+        return "score-" + re.search(r"train-(\w+)/checkpoint", cmd).group(1)
+    return stage
 
 
 def children_cpu() -> float:
