@@ -22,11 +22,13 @@ layout's invariant); the frame shard records the number of ``img`` files.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import shutil
 import struct
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -517,6 +519,11 @@ def export_video(frames, flow, vid: str, out: Path, cfg: ExportConfig) -> Tuple[
     return "written", files, count
 
 
+class _NoBar:
+    def update(self, n):
+        pass
+
+
 def export_shards(frames_dir=None, flow_dir=None, out_dir=None, cfg: ExportConfig = ExportConfig(),
                   shard_index: int = 0, num_shards: int = 1, list_file=None,
                   progress: bool = False) -> ExportSummary:
@@ -536,30 +543,30 @@ def export_shards(frames_dir=None, flow_dir=None, out_dir=None, cfg: ExportConfi
     out = Path(out_dir)
     summary = ExportSummary(out=str(out), videos=len(mine))
     lines = []
-    bar = batch._progress(len(mine), 0, "export-rawframes", progress)
+    import click        # progress bar on stderr only
+
+    bar = (click.progressbar(length=len(mine), label="export-rawframes", file=sys.stderr,
+                             show_pos=True) if progress and mine else contextlib.nullcontext(_NoBar()))
     try:
-        for vid in mine:
-            try:
-                status, files, count = export_video(frames, flow, vid, out, cfg)
-            except (RawframesError, store.StoreError) as exc:
-                summary.failures.append({"video_id": vid, "reason": str(exc)})
+        with bar as bar:
+            for vid in mine:
                 bar.update(1)
-                continue
-            except OSError as exc:
-                raise RawframesError(f"cannot write to {out}: {exc.strerror or exc}") from exc
-            summary.files += files
-            summary.written += status == "written"
-            summary.skipped += status == "skipped"
-            entry = (frames or flow)[vid]
-            rel = _video_dir(Path(""), vid, entry, cfg).as_posix()
-            lines.append(f"{rel} {count} {entry.label}")
-            bar.update(1)
+                try:
+                    status, files, count = export_video(frames, flow, vid, out, cfg)
+                except (RawframesError, store.StoreError) as exc:
+                    summary.failures.append({"video_id": vid, "reason": str(exc)})
+                    continue
+                except OSError as exc:
+                    raise RawframesError(f"cannot write to {out}: {exc.strerror or exc}") from exc
+                summary.files += files
+                summary.written += status == "written"
+                summary.skipped += status == "skipped"
+                entry = (frames or flow)[vid]
+                lines.append(f"{_video_dir(Path(''), vid, entry, cfg).as_posix()} {count} {entry.label}")
     finally:
-        bar.render_finish()
-        if frames is not None:
-            frames.close()
-        if flow is not None:
-            flow.close()
+        for shards in (frames, flow):
+            if shards is not None:
+                shards.close()
     if list_file:
         batch.atomic_write_text(Path(list_file), "".join(ln + "\n" for ln in lines))
         summary.list_file = str(list_file)
