@@ -217,8 +217,11 @@ def bench_torch_cpu(videos: dict, batch_size: int, threads: int) -> dict:
                     "epe_vs_opencv_px": float(np.sqrt(((flow - refs[against]) ** 2).sum(1)).mean()),
                     "iterations_per_pair": stats["pair_iterations"] / n}
         refs[key] = flow
-    out["compiled_vs_eager_max_abs_px"] = float(np.abs(refs["torch_compiled_default"]
-                                                       - refs["torch_eager_default"]).max())
+    # fused float order: tiny everywhere except isolated near-textureless pixels, where the
+    # threshold step -rho / |grad I|^2 amplifies rounding (OpenCV CPU vs CUDA too)
+    d = np.sqrt(((refs["torch_compiled_default"] - refs["torch_eager_default"]) ** 2).sum(1))
+    out["compiled_vs_eager_px"] = {"mean": float(d.mean()), "p99_9": float(np.percentile(d, 99.9)),
+                                   "max": float(d.max())}
     out["mean_flow_px"] = float(np.sqrt((ref ** 2).sum(1)).mean())
     out["goal"] = "torch compiled >= 3x OpenCV CPU per core, same parameters"
     return out
