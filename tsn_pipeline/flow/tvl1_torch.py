@@ -42,11 +42,14 @@ which is what makes it fast. Eager mode gives the same result up to float roundi
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 INTERPS = ("cuda", "cpu")
 MIN_SIZE = 16          # OpenCV stops adding scales when a side would be < 16 px
@@ -481,14 +484,29 @@ def tvl1(prev, nxt, params: TVL1Params = TVL1Params(), device=None, compile: boo
 
 def tvl1_numpy(prev: np.ndarray, nxt: np.ndarray, params: TVL1Params = TVL1Params(),
                device: str = "cpu", compile: bool = False, batch_size: int = 64) -> np.ndarray:
-    """``tvl1`` for numpy stacks of any length, in batches; returns (N, 2, H, W) float32."""
+    """``tvl1`` for numpy stacks of any length, in batches; returns (N, 2, H, W) float32.
+
+    When the device runs out of memory the batch is halved and retried (a pair's flow does
+    not depend on the batch it is in), down to one pair.
+    """
+    import torch
+
     prev, nxt = np.asarray(prev), np.asarray(nxt)
     single = prev.ndim == 2
     if single:
         prev, nxt = prev[None], nxt[None]
     out = []
-    for i in range(0, len(prev), batch_size):
-        out.append(tvl1(prev[i:i + batch_size], nxt[i:i + batch_size], params, device=device,
-                        compile=compile).cpu().numpy())
+    i, bs = 0, max(1, int(batch_size))
+    while i < len(prev):
+        try:
+            out.append(tvl1(prev[i:i + bs], nxt[i:i + bs], params, device=device,
+                            compile=compile).cpu().numpy())
+            i += bs
+        except torch.cuda.OutOfMemoryError:
+            if bs == 1:
+                raise
+            torch.cuda.empty_cache()
+            bs //= 2
+            log.warning("TV-L1: out of device memory; retrying with batches of %d pairs", bs)
     flow = np.concatenate(out) if out else np.zeros((0, 2) + prev.shape[1:], np.float32)
     return flow[0] if single else flow
