@@ -197,6 +197,22 @@ class _Pending:
     flows: Dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def _prefetch(tasks: Sequence[batch.Task], ahead: int = 2):
+    """(task, future of ``load_gray(task)``), reading up to ``ahead`` videos in advance on a
+    background thread, so that JPEG decoding overlaps the device's work."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as reader:
+        queue = deque()
+        for task in tasks:
+            queue.append((task, reader.submit(load_gray, task, True)))
+            if len(queue) > ahead:
+                yield queue.popleft()
+        while queue:
+            yield queue.popleft()
+
+
 def batch_videos(tasks: Sequence[batch.Task], cfg: FlowConfig, device: str = "cpu",
                  compile: bool = False, batch_size: int = 64
                  ) -> Iterator[Tuple[batch.Task, Any]]:
@@ -243,9 +259,9 @@ def batch_videos(tasks: Sequence[batch.Task], cfg: FlowConfig, device: str = "cp
                 except Exception as exc:
                     yield p.task, exc
 
-    for task in tasks:
+    for task, loaded in _prefetch(tasks):
         try:
-            gray, attrs = load_gray(task, threaded=True)
+            gray, attrs = loaded.result()
             check_length(task, len(gray), cfg.step)
         except Exception as exc:
             yield task, exc
