@@ -9,23 +9,16 @@ import numpy as np
 import pytest
 
 from tsn_pipeline.datasets import ucf101
-from tsn_pipeline.demo import (CLASSES, DemoConfig, make_demo_dataset, object_position,
-                               render_video)
+from tsn_pipeline.demo import CLASSES, DemoConfig, make_demo_dataset, render_video
 from tsn_pipeline.videoio import read_video
 
 SMALL = DemoConfig(groups=2, clips_per_group=1, test_groups=1, frames=8, width=64, height=48)
 
 
-def _render(ci: int, cfg: DemoConfig, seed: int = 0, clip: int = 1):
+def _render(ci: int, cfg: DemoConfig, seed: int = 0):
     group = np.random.default_rng([seed, ci, 1])
-    clip_rng = np.random.default_rng([seed, ci, 1, clip, 1])
-    return render_video(ci, group, clip_rng, cfg)
-
-
-def _in_view(meta, t, w=96, h=72, margin=2):
-    size = meta["object_size"]
-    x, y = object_position(meta["object_start"], meta["object_image_velocity"], t, size, w, h)
-    return margin <= x <= w - size - margin and margin <= y <= h - size - margin
+    clip = np.random.default_rng([seed, ci, 1, 1, 1])
+    return render_video(ci, group, clip, cfg)
 
 
 @pytest.mark.parametrize("ci", range(len(CLASSES)))
@@ -33,31 +26,23 @@ def test_rendered_motion_matches_ground_truth(ci):
     """Farneback flow (OpenCV) inside the object and on the background recovers the recorded
     velocities, and their difference is the class direction."""
     cfg = replace(DemoConfig(), noise=0.0, frames=10)
-    for clip in range(1, 30):      # the first clip whose object stays in view for a while
-        frames, meta = _render(ci, cfg, clip=clip)
-        if sum(_in_view(meta, t) and _in_view(meta, t + 1) for t in range(1, 8)) >= 3:
-            break
+    frames, meta = _render(ci, cfg)
     assert frames.shape == (10, 72, 96, 3) and frames.dtype == np.uint8
     gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
     size = meta["object_size"]
     obj_v, bg_v = [], []
-    for t in range(1, 8):
+    for t in range(3, 6):
         flow = cv2.calcOpticalFlowFarneback(gray[t], gray[t + 1], None, 0.5, 3, 15, 5, 5, 1.2, 0)
-        x0, y0 = object_position(meta["object_start"], meta["object_image_velocity"], t, size,
-                                 96, 72)
-        x1, y1 = object_position(meta["object_start"], meta["object_image_velocity"], t + 1,
-                                 size, 96, 72)
+        x0, y0 = np.array(meta["object_start"]) + np.array(meta["object_image_velocity"]) * t
+        inside = np.zeros(gray[0].shape, bool)
+        xa, ya = int(x0 + size * 0.3), int(y0 + size * 0.3)
+        inside[max(ya, 0):max(ya + int(size * 0.4), 0), max(xa, 0):max(xa + int(size * 0.4), 0)] = True
         far = np.ones(gray[0].shape, bool)
-        for x, y in ((x0, y0), (x1, y1)):
-            far[max(int(y) - 8, 0):max(int(y) + size + 8, 0),
-                max(int(x) - 8, 0):max(int(x) + size + 8, 0)] = False
+        far[max(int(y0) - 8, 0):int(y0) + size + 8, max(int(x0) - 8, 0):int(x0) + size + 8] = False
         far[:8], far[-8:], far[:, :8], far[:, -8:] = False, False, False, False
+        if inside.sum() > 4:
+            obj_v.append(np.median(flow[inside], axis=0))
         bg_v.append(np.median(flow[far], axis=0))
-        if _in_view(meta, t) and _in_view(meta, t + 1):     # whole object in view: its centre
-            xa, ya = int(x0 + size * 0.3), int(y0 + size * 0.3)
-            obj_v.append(np.median(flow[ya:ya + int(size * 0.4), xa:xa + int(size * 0.4)]
-                                   .reshape(-1, 2), axis=0))
-    assert len(obj_v) >= 2, "the seeded clip should show the object for a few frames"
     bg = np.median(bg_v, axis=0)
     obj = np.median(obj_v, axis=0)
     np.testing.assert_allclose(bg, meta["background_velocity"], atol=0.25)

@@ -127,17 +127,6 @@ def _unit(angle: float) -> np.ndarray:
     return np.array([math.cos(angle), math.sin(angle)])
 
 
-def object_position(start, velocity, t: float, size: int, width: int, height: int) -> np.ndarray:
-    """Top-left corner (x, y) of the object at frame ``t``: ``start + velocity * t`` wrapped on
-    the torus ``[-size, width) x [-size, height)`` (positions outside the frame are hidden).
-
-    Example: size 10, width 96, start x 90, velocity 2 -> t=3: x = 96 -> wraps to -10.
-    """
-    period = np.array([width + size, height + size], float)
-    p = np.asarray(start, float) + np.asarray(velocity, float) * t + size
-    return np.mod(p, period) - size
-
-
 def render_video(class_index: int, group_rng: np.random.Generator, clip_rng: np.random.Generator,
                  cfg: DemoConfig) -> Tuple[np.ndarray, Dict]:
     """Frames ``(T, H, W, 3)`` uint8 RGB of one clip and its ground-truth motion.
@@ -160,10 +149,11 @@ def render_video(class_index: int, group_rng: np.random.Generator, clip_rng: np.
     v = direction * speed                                       # object over the world
     pan = _unit(clip_rng.uniform(0, 2 * math.pi)) * clip_rng.uniform(*cfg.pan_speed)
     img_v = v - pan                                             # object in the image
-    # start anywhere on a torus one object larger than the frame: the object leaves one side
-    # entirely before it re-enters on the other, and its position at any time is uniform
-    # whatever the class (otherwise where the object is would tell the axis of its motion)
-    start = clip_rng.uniform([-size, -size], [w, h])
+    travel = img_v * (t_len - 1)
+    lo = np.maximum(0.0, -travel) + 1.0
+    hi = np.array([w - size, h - size], float) - np.maximum(0.0, travel) - 1.0
+    hi = np.maximum(hi, lo)                                     # may leave the frame partly
+    start = clip_rng.uniform(lo, hi)
     cam0 = np.array([margin, margin], float) - pan * (t_len - 1) / 2   # view stays in world
     noise_rng = np.random.default_rng(clip_rng.integers(1 << 31))
     frames = np.empty((t_len, h, w, 3), np.uint8)
@@ -171,7 +161,7 @@ def render_video(class_index: int, group_rng: np.random.Generator, clip_rng: np.
         cam = cam0 + pan * t
         view = cv2.warpAffine(world, np.float32([[1, 0, -cam[0]], [0, 1, -cam[1]]]), (w, h),
                               flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        pos = object_position(start, img_v, t, size, w, h)
+        pos = start + img_v * t
         m = np.float32([[1, 0, pos[0]], [0, 1, pos[1]]])
         obj = cv2.warpAffine(patch, m, (w, h), flags=cv2.INTER_LINEAR)
         alpha = cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_LINEAR)[..., None]
