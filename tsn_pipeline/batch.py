@@ -166,14 +166,11 @@ def _output_error(path: Path, exc: BaseException, what: str) -> StageError:
 
 
 # -- the worker side ----------------------------------------------------------------------
-def _count_items(record: store.VideoRecord) -> int:
-    for key in ("num_frames", "num_flows", "num_snippets"):
-        if key in record.attrs:
-            return int(record.attrs[key])
-    return 0
+def _count_items(kind: str, record: store.VideoRecord) -> int:
+    return store.item_count(kind, record.attrs)
 
 
-def _run_one(process: Callable[[Task], store.VideoRecord], task: Task, parts: str):
+def _run_one(kind: str, process: Callable[[Task], store.VideoRecord], task: Task, parts: str):
     """Run in a worker: process one task and store its part. Returns a small status tuple."""
     try:
         record = process(task)
@@ -184,18 +181,19 @@ def _run_one(process: Callable[[Task], store.VideoRecord], task: Task, parts: st
     except Exception as exc:  # a bug or an unexpected library error: record it, go on
         log.debug("video %s: %s", task.video_id, traceback.format_exc())
         return ("failed", task.video_id, f"{type(exc).__name__}: {exc}")
-    return _store_part(parts, record)
+    return _store_part(kind, parts, record)
 
 
-def _store_part(parts: str, record: store.VideoRecord):
+def _store_part(kind: str, parts: str, record: store.VideoRecord):
     try:
         write_part(Path(parts), record)
     except OSError as exc:
         return ("fatal", record.video_id, str(_output_error(Path(parts), exc, "write to")))
-    return ("ok", record.video_id, _count_items(record))
+    return ("ok", record.video_id, _count_items(kind, record))
 
 
-def _iter_results(tasks: List[Task], process, batch_process, workers: int, parts: Path):
+def _iter_results(kind: str, tasks: List[Task], process, batch_process, workers: int,
+                  parts: Path):
     if batch_process is not None:
         for task, result in batch_process(tasks):
             if isinstance(result, VideoFailure):
@@ -203,16 +201,16 @@ def _iter_results(tasks: List[Task], process, batch_process, workers: int, parts
             elif isinstance(result, BaseException):
                 yield ("failed", task.video_id, f"{type(result).__name__}: {result}")
             else:
-                yield _store_part(str(parts), result)
+                yield _store_part(kind, str(parts), result)
     elif workers <= 1 or len(tasks) <= 1:
         for task in tasks:
-            yield _run_one(process, task, str(parts))
+            yield _run_one(kind, process, task, str(parts))
     else:
         from joblib import Parallel, delayed
 
         parallel = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered",
                             batch_size=1, pre_dispatch="2*n_jobs")
-        yield from parallel(delayed(_run_one)(process, t, str(parts)) for t in tasks)
+        yield from parallel(delayed(_run_one)(kind, process, t, str(parts)) for t in tasks)
 
 
 # -- the runner ---------------------------------------------------------------------------
@@ -326,7 +324,7 @@ def run_stage(*, kind: str, out_dir, shard_index: int, num_shards: int,
         sources = {t.video_id: t.source for t in tasks}
         bar = _progress(len(tasks), summary.resumed, f"{kind} {shard_index}/{num_shards}", progress)
         try:
-            for status, vid, info in _iter_results(todo, process, batch_process, workers, parts):
+            for status, vid, info in _iter_results(kind, todo, process, batch_process, workers, parts):
                 if status == "fatal":
                     raise StageError(info)
                 if status == "failed":
@@ -414,7 +412,7 @@ def _assemble(final: Path, parts: Path, ok_ids: List[str], kind: str, config, in
         for vid in ok_ids:
             record = _read_part(_part_path(parts, vid))
             store.write_record(videos, record)
-            items += _count_items(record)
+            items += _count_items(kind, record)
         extra = dict(root_extra or {})
         extra.update(num_videos=len(ok_ids), num_items=items,
                      failed=json.dumps(failures, sort_keys=True))

@@ -174,11 +174,7 @@ def _shard_status(i: int, n: int, kind: str, folder: Path, files: Mapping[str, P
                 raise ValueError(f"kind {root.get('kind')!r} in a file named {name}")
             for vid, group in f[store.VIDEOS].items():
                 attrs = group.attrs
-                key = {"flow": "num_flows"}.get(kind, "num_frames")
-                if key not in attrs:
-                    key = next((k for k in ("num_frames", "num_flows", "num_snippets")
-                                if k in attrs), None)
-                length = int(attrs[key]) if key else 0
+                length = store.item_count(kind, attrs)
                 if vid in videos:
                     problems.append(f"video {vid!r} is in {videos[vid]['shard']} and {name}")
                 videos[vid] = {"shard": name, "length": length,

@@ -261,10 +261,17 @@ class VideoEntry:
     attrs: Mapping[str, Any]
 
 
-def _entry_length(kind: str, attrs: Mapping[str, Any]) -> int:
-    # flow groups carry num_frames too; their length is the number of flow fields
-    keys = ("num_flows", "num_frames", "num_snippets") if kind == "flow" else \
-        ("num_frames", "num_flows", "num_snippets")
+_ITEM_KEYS = {"frames": "num_frames", "flow": "num_flows", "scores": "num_snippets",
+              "features": "num_snippets"}
+
+
+def item_count(kind: str, attrs: Mapping[str, Any]) -> int:
+    """A video's length in its shard's own unit: frames, flow fields or snippets.
+
+    Flow groups also carry ``num_frames`` (N frames give N - step fields), so the key is
+    chosen by the shard's kind first.
+    """
+    keys = [_ITEM_KEYS.get(kind, "num_frames"), "num_flows", "num_snippets", "num_frames"]
     for key in keys:
         if key in attrs:
             return int(attrs[key])
@@ -311,7 +318,7 @@ class ShardSet:
                                 f"video {vid!r} is in two shards: {self._entries[vid].shard} "
                                 f"and {path}")
                         self._entries[vid] = VideoEntry(
-                            vid, path, _entry_length(attrs["kind"], vattrs),
+                            vid, path, item_count(attrs["kind"], vattrs),
                             int(vattrs.get("label", -1)), vattrs)
             except OSError as exc:
                 raise StoreError(f"{path}: cannot open as HDF5 ({exc})") from exc
