@@ -12,8 +12,9 @@ $(BIN)/tsn: setup.cfg pyproject.toml
 
 install: $(BIN)/tsn
 
+# TSN_TEST_COMPILE=1: also test the torch.compile'd TV-L1 loop (the CPU default; ~1 min compile)
 test: install
-	$(BIN)/python -m pytest
+	TSN_TEST_COMPILE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Dataset pipelines (ucf101, hmdb51, demo): pipelines/*.mk
 -include $(sort $(wildcard pipelines/*.mk))
