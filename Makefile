@@ -1,3 +1,4 @@
+.DEFAULT_GOAL := help
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
