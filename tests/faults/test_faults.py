@@ -249,3 +249,28 @@ def test_flow_records_too_short_videos_and_resumes_identically_after_kills(tmp_p
     assert (out / "flow-0-of-1.h5").read_bytes() == (tmp_path / "whole" / "flow-0-of-1.h5").read_bytes()
     flows = store.open_shards(out, kind="flow")
     assert len(flows) == 6 and flows["vid0"].length == 7
+
+
+class _Payload:
+    """Unpickling this would create a marker file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_checkpoints_never_execute_pickled_code(tmp_path):
+    import pickle
+
+    import torch
+
+    from tsn_pipeline.model import load_checkpoint
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {}, "config": _Payload(str(marker))}, evil)
+    with pytest.raises((pickle.UnpicklingError, RuntimeError, ValueError)):
+        load_checkpoint(evil)
+    assert not marker.exists()
