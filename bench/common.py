@@ -20,7 +20,8 @@ def machine_info() -> dict:
     except OSError:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "date": time.strftime("%Y-%m-%d")}
+            "platform": platform.platform(), "date": time.strftime("%Y-%m-%d"),
+            "load_avg": [round(x, 2) for x in os.getloadavg()]}
     try:
         import cv2
         info["opencv"] = cv2.__version__

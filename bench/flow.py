@@ -45,22 +45,13 @@ CLIPS = ["v_SoccerJuggling_g23_c01.avi", "SchoolRulesHowTheyHelpUs_wave_f_nm_np1
 
 
 def machine() -> dict:
-    import cv2
     import torch
 
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    facts = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-             "torch": torch.__version__, "opencv": cv2.__version__, "numpy": np.__version__,
-             "load_avg": os.getloadavg()}
+    from bench.common import machine_info
+
+    facts = machine_info()
+    facts["numpy"] = np.__version__
     if torch.cuda.is_available():
-        facts["gpu"] = torch.cuda.get_device_name(0)
         facts["cuda"] = torch.version.cuda
     return facts
 
