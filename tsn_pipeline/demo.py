@@ -150,10 +150,15 @@ def render_video(class_index: int, group_rng: np.random.Generator, clip_rng: np.
     pan = _unit(clip_rng.uniform(0, 2 * math.pi)) * clip_rng.uniform(*cfg.pan_speed)
     img_v = v - pan                                             # object in the image
     travel = img_v * (t_len - 1)
+    # Where the object is must not tell the axis of its motion: a track along x keeps the
+    # object away from the left/right edges more often than a still axis would. So on an axis
+    # the class does not move along, the start is spread the same way, as if the object
+    # travelled a hypothetical distance ``spread`` there (drawn like a real one).
+    spread = np.where(direction == 0, clip_rng.uniform(*cfg.object_speed) * (t_len - 1), 0.0)
     lo = np.maximum(0.0, -travel) + 1.0
-    hi = np.array([w - size, h - size], float) - np.maximum(0.0, travel) - 1.0
+    hi = np.array([w - size, h - size], float) - np.maximum(0.0, travel) - 1.0 - spread
     hi = np.maximum(hi, lo)                                     # may leave the frame partly
-    start = clip_rng.uniform(lo, hi)
+    start = clip_rng.uniform(lo, hi) + clip_rng.uniform(0.0, 1.0, 2) * spread
     cam0 = np.array([margin, margin], float) - pan * (t_len - 1) / 2   # view stays in world
     noise_rng = np.random.default_rng(clip_rng.integers(1 << 31))
     frames = np.empty((t_len, h, w, 3), np.uint8)
