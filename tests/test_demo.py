@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -170,11 +171,17 @@ def test_make_demo_end_to_end_small(tmp_path):
 
     if shutil.which("make") is None:
         pytest.skip("GNU make is not installed")
+    import sys
+
+    bin_dir = Path(sys.executable).parent            # the environment running the tests
+    if not (bin_dir / "tsn").is_file():
+        pytest.skip(f"no tsn entry point in {bin_dir} (pip install -e . first)")
     cfg = tmp_path / "small.toml"
     cfg.write_text(SMALL_DEMO_TOML)
     out = tmp_path / "out"
-    # -o: use the installed .venv as it is (never re-run pip from a test)
-    args = ["make", "-o", ".venv/bin/tsn", f"OUT={out}", f"demo_CFG={cfg}", "WORKERS=1"]
+    # BIN: this environment's tsn; -o: use it as installed (never re-run pip from a test)
+    args = ["make", f"BIN={bin_dir}", "-o", f"{bin_dir}/tsn", f"OUT={out}", f"demo_CFG={cfg}",
+            "WORKERS=1"]
     proc = subprocess.run(args + ["demo"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "fused" in proc.stdout and f"demo outputs in {out}" in proc.stdout
