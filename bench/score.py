@@ -92,6 +92,7 @@ def main():
     ap.add_argument("--device", default="auto")
     ap.add_argument("--fuse-videos", type=int, default=10000)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out-name", default="score", help="results file bench/results/NAME.json")
     args = ap.parse_args()
     if args.quick:
         args.arch, args.num_snippets, args.fuse_videos = "resnet18", 5, 1000
@@ -175,7 +176,7 @@ def main():
                  "fused_top1": fused["metrics"]["fused"]["top1"]},
     }
     print(json.dumps(result, indent=2))
-    print("wrote", write_result("score", result))
+    print("wrote", write_result(args.out_name, result))
 
 
 if __name__ == "__main__":

@@ -167,10 +167,20 @@ def test_shards_partition_the_list_deterministically(make_video, cli_runner, tmp
         assert part == batch.assign_shard([f"vid{k}" for k in range(5)], i, 2)
         ids |= set(part)
     assert ids == {f"vid{k}" for k in range(5)}
-    env = {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "2"}
+    env = {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "1",
+           "SLURM_ARRAY_TASK_COUNT": "2"}
     proc = run_tsn("decode", tmp_path / "v", "--out", tmp_path / "slurm", "--size", "32x24",
                    "--no-progress", env=env, check=0)
     assert summary_of(proc)["shard"].endswith("frames-1-of-2.h5")
+    # a resubmission of shards 3 and 17 of 32 (--array=3,17): ids are indices, count explicit
+    resubmit = {"SLURM_ARRAY_TASK_ID": "17", "SLURM_ARRAY_TASK_MIN": "3",
+                "SLURM_ARRAY_TASK_MAX": "17", "SLURM_ARRAY_TASK_COUNT": "2"}
+    proc = run_tsn("decode", tmp_path / "v", "--out", tmp_path / "slurm", "--size", "32x24",
+                   "--no-progress", env=resubmit)
+    assert proc.returncode == 2 and "give --num-shards" in proc.stderr
+    proc = run_tsn("decode", tmp_path / "v", "--out", tmp_path / "slurm", "--size", "32x24",
+                   "--no-progress", "--num-shards", "32", env=resubmit, check=0)
+    assert summary_of(proc)["shard"].endswith("frames-17-of-32.h5")
 
 
 def test_rerun_skips_complete_and_refuses_other_settings(make_video, cli_runner, tmp_path):

@@ -86,22 +86,36 @@ class Summary:
 # -- shard assignment ---------------------------------------------------------------------
 def resolve_shard(shard_index: Optional[int], num_shards: Optional[int],
                   env: Optional[Mapping[str, str]] = None) -> Tuple[int, int]:
-    """Explicit values win; else SLURM array variables; else shard 0 of 1.
+    """Explicit values win; else the SLURM array variables; else shard 0 of 1.
 
-    SLURM numbers tasks from ``SLURM_ARRAY_TASK_MIN`` (often 0, sometimes 1), so the index is
-    ``SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN`` and the count ``SLURM_ARRAY_TASK_COUNT``.
+    Under SLURM the shard index is ``SLURM_ARRAY_TASK_ID`` itself, so array task ids must be
+    shard indices (``sbatch --array=0-31``), and a resubmission of some shards
+    (``--array=3,17``) writes exactly those shards. The count comes from
+    ``SLURM_ARRAY_TASK_COUNT`` only when the array is ``0..COUNT-1``; any other array (a
+    resubmission, a 1-based range) must say ``--num-shards``, because the count of its tasks
+    is not the count of shards.
     """
     env = os.environ if env is None else env
-    if shard_index is None and "SLURM_ARRAY_TASK_ID" in env:
-        shard_index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
-    if num_shards is None and "SLURM_ARRAY_TASK_COUNT" in env:
-        num_shards = int(env["SLURM_ARRAY_TASK_COUNT"])
+    in_array = "SLURM_ARRAY_TASK_ID" in env
+    if shard_index is None and in_array:
+        shard_index = int(env["SLURM_ARRAY_TASK_ID"])
+    if num_shards is None and in_array and "SLURM_ARRAY_TASK_COUNT" in env:
+        count = int(env["SLURM_ARRAY_TASK_COUNT"])
+        lo = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+        hi = int(env.get("SLURM_ARRAY_TASK_MAX", count - 1))
+        if (lo, hi) != (0, count - 1):
+            raise ValueError(
+                f"SLURM array {lo}..{hi} with {count} tasks is not 0..N-1: give --num-shards "
+                "(array task ids are shard indices, e.g. sbatch --array=0-31 for 32 shards)")
+        num_shards = count
     shard_index = 0 if shard_index is None else int(shard_index)
     num_shards = 1 if num_shards is None else int(num_shards)
     if num_shards < 1:
         raise ValueError(f"number of shards must be >= 1, got {num_shards}")
     if not 0 <= shard_index < num_shards:
-        raise ValueError(f"shard index {shard_index} outside 0..{num_shards - 1}")
+        raise ValueError(f"shard index {shard_index} outside 0..{num_shards - 1}"
+                         + (" (SLURM array task ids are used as 0-based shard indices)"
+                            if in_array else ""))
     return shard_index, num_shards
 
 

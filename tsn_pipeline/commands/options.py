@@ -14,11 +14,11 @@ ENV_PREFIX = "TSN"   # every option can also come from TSN_<COMMAND>_<OPTION>, e
 def shard_options(f: Callable) -> Callable:
     """--shard-index/--num-shards; default from SLURM_ARRAY_TASK_ID/_COUNT, else 0 of 1."""
     f = click.option("--num-shards", type=click.IntRange(min=1), default=None,
-                     help="Number of shards the video list is split into "
-                          "[default: SLURM_ARRAY_TASK_COUNT, else 1].")(f)
+                     help="Number of shards the video list is split into [default: "
+                          "SLURM_ARRAY_TASK_COUNT for an array 0..N-1, else 1].")(f)
     f = click.option("--shard-index", type=click.IntRange(min=0), default=None,
                      help="Which shard this process writes, 0-based "
-                          "[default: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, else 0].")(f)
+                          "[default: SLURM_ARRAY_TASK_ID, else 0].")(f)
     return f
 
 
