@@ -312,3 +312,15 @@ def test_jpeg_stream_splitter_handles_restart_markers_and_chunking():
         start = end
     assert found == payloads
     assert jpeg_end(bytearray(payloads[0][:-1])) is None      # incomplete: wait for more
+
+
+def test_reader_payloads_equal_plain_h5py_slices(make_video, cli_runner, tmp_path):
+    make_video("v/a.mkv", n=5, seed=4)
+    cli_runner("decode", tmp_path / "v", "--out", tmp_path / "out", "--size", "32x24", "--no-progress")
+    shards = store.open_shards(tmp_path / "out")
+    got = shards.read_encoded("a", [4, 0, 2], "rgb")       # pread path (contiguous buffer)
+    with h5py.File(shards.paths[0], "r") as f:
+        data, off = f["videos/a/rgb"], f["videos/a/rgb_offsets"][()]
+        want = [data[off[i]:off[i + 1]].tobytes() for i in (4, 0, 2)]
+    assert got == want and all(p[:2] == b"\xff\xd8" for p in got)
+    shards.close()

@@ -297,6 +297,7 @@ class ShardSet:
         self._entries: Dict[str, VideoEntry] = {}
         self._handles: Dict[str, Any] = {}
         self._streams: Dict[Any, Any] = {}
+        self._fds: Dict[str, int] = {}
         self._pid = os.getpid()
         self._build_index()
 
@@ -365,13 +366,14 @@ class ShardSet:
         state = self.__dict__.copy()
         state["_handles"] = {}
         state["_streams"] = {}
+        state["_fds"] = {}
         return state
 
     def _group(self, video_id: str):
         import h5py
 
         if self._pid != os.getpid():   # forked: never reuse the parent's handles
-            self._handles, self._streams, self._pid = {}, {}, os.getpid()
+            self._handles, self._streams, self._fds, self._pid = {}, {}, {}, os.getpid()
         path = self[video_id].shard
         f = self._handles.get(path)
         if f is None:
@@ -384,11 +386,19 @@ class ShardSet:
                 f.close()
             except Exception:
                 pass
+        for fd in self._fds.values():
+            os.close(fd)
         self._handles = {}
         self._streams = {}
+        self._fds = {}
 
     def _stream(self, video_id: str, stream: str):
-        """(dataset, offsets array) of a stream, cached per process: one read of the offsets."""
+        """(dataset, offsets, raw) of a stream, cached per process: one read of the offsets.
+
+        ``raw`` is ``(fd, byte offset of the buffer in the file)`` when the buffer is stored
+        contiguously and uncompressed (how our writer stores it): payloads are then read with
+        one ``os.pread`` each, bypassing h5py's per-selection overhead.
+        """
         key = (video_id, stream)
         cached = self._streams.get(key) if self._pid == os.getpid() else None
         if cached is None:
@@ -399,19 +409,36 @@ class ShardSet:
                     f"(has {sorted(k for k in group if not k.endswith(OFFSETS_SUFFIX))})")
             if len(self._streams) > 4096:
                 self._streams.clear()
-            cached = self._streams[key] = (group[stream], group[stream + OFFSETS_SUFFIX][()])
+            data = group[stream]
+            raw = None
+            base = data.id.get_offset()
+            if base is not None and data.compression is None and data.chunks is None:
+                path = self[video_id].shard
+                fd = self._fds.get(path)
+                if fd is None:
+                    fd = self._fds[path] = os.open(path, os.O_RDONLY)
+                raw = (fd, int(base))
+            cached = self._streams[key] = (data, group[stream + OFFSETS_SUFFIX][()], raw)
         return cached
 
     def read_encoded(self, video_id: str, stream: str, indices: Sequence[int]) -> List[bytes]:
         """The stored payloads (JPEG/PNG bytes) of ``stream`` at ``indices`` (0-based)."""
-        data, off = self._stream(video_id, stream)
+        data, off, raw = self._stream(video_id, stream)
         n = len(off) - 1
         out = []
         for i in indices:
             i = int(i)
             if not 0 <= i < n:
                 raise IndexError(f"video {video_id!r} stream {stream!r}: index {i} outside 0..{n - 1}")
-            out.append(data[off[i]:off[i + 1]].tobytes())
+            a, b = int(off[i]), int(off[i + 1])
+            if raw is None:
+                out.append(data[a:b].tobytes())
+                continue
+            payload = os.pread(raw[0], b - a, raw[1] + a)
+            if len(payload) != b - a:
+                raise StoreError(f"{self[video_id].shard}: video {video_id!r} stream {stream!r} "
+                                 f"item {i} is cut short (file truncated?)")
+            out.append(payload)
         return out
 
     def read_frames(self, video_id: str, indices: Sequence[int], stream: str = "rgb") -> np.ndarray:
