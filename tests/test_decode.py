@@ -318,7 +318,7 @@ def test_reader_payloads_equal_plain_h5py_slices(make_video, cli_runner, tmp_pat
     make_video("v/a.mkv", n=5, seed=4)
     cli_runner("decode", tmp_path / "v", "--out", tmp_path / "out", "--size", "32x24", "--no-progress")
     shards = store.open_shards(tmp_path / "out")
-    got = shards.read_encoded("a", [4, 0, 2], "rgb")       # pread path (contiguous buffer)
+    got = shards.read_encoded("a", "rgb", [4, 0, 2])       # pread path (contiguous buffer)
     with h5py.File(shards.paths[0], "r") as f:
         data, off = f["videos/a/rgb"], f["videos/a/rgb_offsets"][()]
         want = [data[off[i]:off[i + 1]].tobytes() for i in (4, 0, 2)]
