@@ -129,7 +129,12 @@ def main():
                        crops=args.crops)
     ds = SnippetDataset(sources, [batch.Task(c.stem, "", 0) for c in clips], plan)
     t0 = time.perf_counter()
-    prepared = [ds[i][2] for i in range(len(ds))]
+    prepared = []
+    for i in range(len(ds)):
+        task, _, _, _, crops = ds[i]             # (task, part, parts, indices, rows | failure)
+        if not isinstance(crops, np.ndarray):
+            raise RuntimeError(f"{task.video_id}: {crops}")
+        prepared.append(crops)
     t_prep = time.perf_counter() - t0
     model.to(dev)
     x = torch.from_numpy(np.concatenate(prepared))
