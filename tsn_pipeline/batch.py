@@ -128,6 +128,29 @@ def assign_shard(video_ids: Sequence[str], index: int, count: int) -> List[str]:
     return sorted(video_ids)[index::count]
 
 
+def plan_shard(items: Sequence[Any], index: int, count: int,
+               to_task: Callable[[Any], Task]) -> Tuple[List[Task], List[Dict[str, str]]]:
+    """Tasks of shard ``index`` of ``count`` (sorted by id) plus duplicate-id failures.
+
+    ``items`` have a ``video_id``; ``to_task(item)`` makes its Task. The first item of a
+    duplicated id (in list order) is kept; the others become failures naming both sources.
+    """
+    tasks: Dict[str, Task] = {}
+    failures: List[Dict[str, str]] = []
+    mine = set(assign_shard({it.video_id for it in items}, index, count))
+    for item in items:
+        if item.video_id not in mine:
+            continue
+        task = to_task(item)
+        if item.video_id in tasks:
+            failures.append({"video_id": item.video_id, "source": task.source,
+                             "reason": f"duplicate video id {item.video_id!r}: also "
+                                       f"{tasks[item.video_id].source}"})
+            continue
+        tasks[item.video_id] = task
+    return [tasks[k] for k in sorted(tasks)], failures
+
+
 # -- small file helpers -------------------------------------------------------------------
 def _part_path(parts: Path, video_id: str) -> Path:
     return parts / (urllib.parse.quote(video_id, safe="") + ".h5")

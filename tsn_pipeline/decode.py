@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 from . import batch, store
 from .videoio import INTERPOLATIONS, FrameReader, JpegReader, VideoError, probe
@@ -117,20 +117,8 @@ def plan_shard(videos: VideoList, shard_index: int, num_shards: int):
 
     The first item of a duplicated id (in list order) is decoded; the others are failures.
     """
-    tasks: Dict[str, batch.Task] = {}
-    failures: List[Dict[str, str]] = []
-    mine = set(batch.assign_shard({it.video_id for it in videos.items}, shard_index, num_shards))
-    for item in videos.items:
-        if item.video_id not in mine:
-            continue
-        if item.video_id in tasks:
-            failures.append({"video_id": item.video_id, "source": item.path,
-                             "reason": f"duplicate video id {item.video_id!r}: also "
-                                       f"{tasks[item.video_id].source}"})
-            continue
-        tasks[item.video_id] = batch.Task(item.video_id, item.path, item.label,
-                                          {"class_name": item.class_name, "split": item.split})
-    return [tasks[k] for k in sorted(tasks)], failures
+    return batch.plan_shard(videos.items, shard_index, num_shards, lambda item: batch.Task(
+        item.video_id, item.path, item.label, {"class_name": item.class_name, "split": item.split}))
 
 
 def run_decode(videos: VideoList, out_dir, cfg: DecodeConfig, shard_index: int = 0,

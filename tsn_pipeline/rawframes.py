@@ -391,17 +391,7 @@ def plan_import(items: Sequence[RawItem], shard_index: int, num_shards: int,
     A video's warped folder is at the same place under ``warped_root`` as its folder under
     ``src_root`` (``<class>/<id>`` or ``<id>``), else ``warped_root/<id>``.
     """
-    tasks: Dict[str, batch.Task] = {}
-    failures: List[Dict[str, str]] = []
-    mine = set(batch.assign_shard({it.video_id for it in items}, shard_index, num_shards))
-    for it in items:
-        if it.video_id not in mine:
-            continue
-        if it.video_id in tasks:
-            failures.append({"video_id": it.video_id, "source": it.folder,
-                             "reason": f"duplicate video id {it.video_id!r}: also "
-                                       f"{tasks[it.video_id].source}"})
-            continue
+    def to_task(it: RawItem) -> batch.Task:
         meta = {"class_name": it.class_name, "split": it.split}
         if warped_root is not None:
             wroot = Path(warped_root)
@@ -411,8 +401,9 @@ def plan_import(items: Sequence[RawItem], shard_index: int, num_shards: int,
                 same = None
             meta["warped"] = str(same if same is not None and same.is_dir()
                                  else wroot / it.video_id)
-        tasks[it.video_id] = batch.Task(it.video_id, it.folder, it.label, meta)
-    return [tasks[k] for k in sorted(tasks)], failures
+        return batch.Task(it.video_id, it.folder, it.label, meta)
+
+    return batch.plan_shard(items, shard_index, num_shards, to_task)
 
 
 def run_import(items: Sequence[RawItem], classes: Sequence[str], out_dir, cfg: ImportConfig,

@@ -95,20 +95,26 @@ def _make_videos(folder: Path, n: int, frames: int = 24, size=(96, 72)):
         write_video(path, textured_frames(frames, size[1], size[0], seed=i))
 
 
+def _kill_repeatedly(args, out: Path, times: int, seed: int, low: float, high: float) -> None:
+    """Start `tsn ARGS --out OUT` and SIGKILL it (workers too) after a random delay, TIMES times."""
+    rng = random.Random(seed)
+    for _ in range(times):
+        proc = subprocess.Popen([sys.executable, "-m", "cli", *map(str, args), "--out", str(out)],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        time.sleep(rng.uniform(low, high))
+        os.killpg(proc.pid, signal.SIGKILL)      # the whole process group, as a preempted job
+        proc.wait()
+        for shard in out.glob("*-of-*.h5"):     # a kill never leaves a half shard under its name
+            assert store.verify_shard(shard) == []
+
+
 def test_repeated_sigkill_then_resume_is_byte_identical(tmp_path):
     _make_videos(tmp_path / "v", 12)
     args = ["decode", tmp_path / "v", "--size", "original", "--no-progress", "--workers", "2"]
     run_tsn(*args, "--out", tmp_path / "whole", check=0)
     out = tmp_path / "killed"
-    rng = random.Random(7)
-    for _ in range(4):
-        proc = subprocess.Popen([sys.executable, "-m", "cli", *map(str, args), "--out", str(out)],
-                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        time.sleep(rng.uniform(0.3, 1.5))
-        os.killpg(proc.pid, signal.SIGKILL)      # the workers too, as a preempted job
-        proc.wait()
-        assert not list(out.glob("*.h5")) or (out / "frames-0-of-1.h5").exists()
+    _kill_repeatedly(args, out, times=4, seed=7, low=0.3, high=1.5)
     run_tsn(*args, "--out", out, check=0)
     assert (out / "frames-0-of-1.h5").read_bytes() == (tmp_path / "whole" / "frames-0-of-1.h5").read_bytes()
     assert not list(out.glob("*.tmp")) and not (out / ".frames-0-of-1.h5.parts").exists()
@@ -236,14 +242,7 @@ def test_flow_records_too_short_videos_and_resumes_identically_after_kills(tmp_p
     reason = _failures(tmp_path / "whole", "flow")["single"]
     assert "single" in reason or "frame" in reason
     out = tmp_path / "killed"
-    rng = random.Random(3)
-    for _ in range(3):
-        proc = subprocess.Popen([sys.executable, "-m", "cli", *map(str, args), "--out", str(out)],
-                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        time.sleep(rng.uniform(0.5, 1.5))
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    _kill_repeatedly(args, out, times=3, seed=3, low=0.5, high=1.5)
     rerun = run_tsn(*args, "--out", out)
     assert rerun.returncode == 1
     assert (out / "flow-0-of-1.h5").read_bytes() == (tmp_path / "whole" / "flow-0-of-1.h5").read_bytes()
