@@ -165,16 +165,22 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _write_h5(path: Path, fill: Callable[[Any], None]) -> None:
-    """Create ``path`` via ``path.tmp`` + rename; on any error the tmp file is removed."""
+def _write_h5(path: Path, fill: Callable[[Any], None], durable: bool = True) -> None:
+    """Create ``path`` via ``path.tmp`` + rename; on any error the tmp file is removed.
+
+    ``durable`` fsyncs before the rename (shards). Parts skip it: a killed process loses
+    nothing that reached the page cache, and after a machine crash a damaged part is found
+    and redone when the run resumes (``_done_parts``), so a sync per video is not worth it.
+    """
     import h5py
 
     tmp = path.with_name(path.name + ".tmp")
     try:
         with h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=False) as f:
             fill(f)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -186,7 +192,19 @@ def _write_h5(path: Path, fill: Callable[[Any], None]) -> None:
 
 def write_part(parts: Path, record: store.VideoRecord) -> None:
     _write_h5(_part_path(parts, record.video_id),
-              lambda f: store.write_record(f.create_group(store.VIDEOS), record))
+              lambda f: store.write_record(f.create_group(store.VIDEOS), record), durable=False)
+
+
+def _part_ok(path: Path) -> bool:
+    """A part left by an earlier run is whole: it opens and its video group is complete."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            (vid,) = list(f[store.VIDEOS].keys())
+            return "crc32" in f[store.VIDEOS][vid].attrs
+    except Exception:  # truncated or garbage after a machine crash: redo the video
+        return False
 
 
 def _read_part(path: Path) -> store.VideoRecord:
@@ -353,7 +371,7 @@ def run_stage(*, kind: str, out_dir, shard_index: int, num_shards: int,
                 return summary
             _unpack_to_parts(final, parts, config)
         _prepare_parts(parts, config, overwrite)
-        done = _done_parts(parts)
+        done = _done_parts(parts, check=True)
         wanted = {t.video_id for t in tasks}
         todo = [t for t in tasks if t.video_id not in done]
         summary.resumed = len(wanted & done)
@@ -417,12 +435,17 @@ def _prepare_parts(parts: Path, config: Mapping[str, Any], overwrite: bool) -> N
         raise _output_error(parts, exc, "write to") from exc
 
 
-def _done_parts(parts: Path) -> set:
+def _done_parts(parts: Path, check: bool = False) -> set:
+    """Ids with a part file. ``check``: open each one first (parts of an earlier run)."""
     done = set()
     for p in parts.iterdir():
         if p.name.endswith(".tmp"):      # a write that a kill interrupted
             p.unlink(missing_ok=True)
         elif p.suffix == ".h5":
+            if check and not _part_ok(p):
+                log.warning("%s: damaged part of an earlier run; redoing that video", p)
+                p.unlink(missing_ok=True)
+                continue
             done.add(urllib.parse.unquote(p.name[:-3]))
     return done
 
