@@ -225,12 +225,16 @@ class Resize(GroupTransform):
         return resize(clip, self.layout, nh, nw)
 
 
-class CenterCrop(GroupTransform):
-    """Centre ``size x size`` window (offset ``(H - size) // 2``); no crop axis added."""
+class _SquareCrop(GroupTransform):
+    """Shared by the test-time crops: a ``size x size`` window in a given layout."""
 
     def __init__(self, size: int, layout: str = "hwc"):
         self.size = int(size)
         self.layout = _check_layout(layout)
+
+
+class CenterCrop(_SquareCrop):
+    """Centre ``size x size`` window (offset ``(H - size) // 2``); no crop axis added."""
 
     def apply(self, clip, params):
         h, w = spatial_size(clip, self.layout)
@@ -238,7 +242,7 @@ class CenterCrop(GroupTransform):
         return crop(clip, self.layout, (h - s) // 2, (w - s) // 2, s, s)
 
 
-class TenCrop(GroupTransform):
+class TenCrop(_SquareCrop):
     """Test-time 10 crops: 4 corners + centre (TSN's fixed offsets), then their mirror images.
 
     Returns a new leading crop axis: ``(10, ...)``; crops 5..9 are the flips of 0..4, with
@@ -246,8 +250,7 @@ class TenCrop(GroupTransform):
     """
 
     def __init__(self, size: int, layout: str = "hwc", flip: bool = True):
-        self.size = int(size)
-        self.layout = _check_layout(layout)
+        super().__init__(size, layout)
         self.flip = bool(flip)
 
     def apply(self, clip, params):
@@ -260,12 +263,8 @@ class TenCrop(GroupTransform):
         return np.stack(crops)
 
 
-class ThreeCrop(GroupTransform):
+class ThreeCrop(_SquareCrop):
     """Three ``size x size`` crops along the long side (start, centre, end), crop axis first."""
-
-    def __init__(self, size: int, layout: str = "hwc"):
-        self.size = int(size)
-        self.layout = _check_layout(layout)
 
     def apply(self, clip, params):
         h, w = spatial_size(clip, self.layout)
