@@ -83,6 +83,9 @@ def main():
     print(f"total wall {total_wall:.0f} s, cpu {total_cpu:.0f} s "
           f"(cpu / {cores} cores = {total_cpu / cores:.0f} s)")
     load = os.getloadavg()
+    # the results file names no paths of the machine it ran on
+    fused.pop("inputs", None)
+    table = table.replace(str(out), "<out>")
     path = write_result("demo_quick" if args.quick else "demo", {
         "settings": "tests/test_demo.py SMALL_DEMO_TOML" if args.quick else "pipelines/demo.toml",
         "stages": rows, "total_wall_s": round(total_wall, 1), "total_cpu_s": round(total_cpu, 1),
