@@ -25,7 +25,7 @@ SHARED_CLIP_FRAMES = {
 @pytest.fixture(scope="session")
 def shared_videos() -> Path:
     if not SHARED_VIDEOS.is_dir():
-        pytest.skip(f"real test clips not found at ../shared/data/videos (relative to the repo)")
+        pytest.skip("real test clips not found at ../shared/data/videos (relative to the repo)")
     return SHARED_VIDEOS
 
 

@@ -204,7 +204,8 @@ class Backbone(nn.Module):
     classifier_prefix: str = "fc."
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Abstract: every backbone class defines it."""
+        raise NotImplementedError(f"{type(self).__name__} must define features()")
 
     def forward(self, x):
         return self.features(x)

@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np

@@ -141,7 +141,8 @@ class GroupTransform:
         return None
 
     def apply(self, clip: np.ndarray, params) -> np.ndarray:
-        raise NotImplementedError
+        """Abstract: every transform defines it."""
+        raise NotImplementedError(f"{type(self).__name__} must define apply()")
 
     def __call__(self, clip: np.ndarray, rng: Optional[np.random.Generator] = None) -> np.ndarray:
         return self.apply(clip, self.make_params(clip.shape, rng))

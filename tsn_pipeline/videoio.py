@@ -139,8 +139,6 @@ class FrameReader:
     ...     frames = list(r)                              # (256, 340, 3) uint8 each
     """
 
-    jpeg_qscale: Optional[int] = None   # set by JpegReader
-
     def __init__(self, path, size: Optional[Tuple[int, int]] = None,
                  short_side: Optional[int] = None, fps: Optional[float] = None,
                  interpolation: str = "bilinear", info: Optional[VideoInfo] = None):
@@ -163,11 +161,7 @@ class FrameReader:
             stream = stream.filter("fps", fps=float(fps))
         if (self.width, self.height) != (self.info.width, self.info.height):
             stream = stream.filter("scale", self.width, self.height, flags=interpolation)
-        if self.jpeg_qscale is None:
-            out = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough")
-        else:
-            out = stream.output("pipe:", format="image2pipe", vcodec="mjpeg", pix_fmt="yuvj420p",
-                                fps_mode="passthrough", **{"q:v": self.jpeg_qscale})
+        out = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough")
         args = out.global_args("-nostdin", "-hide_banner", "-v", "error").compile(cmd=ffmpeg_exe())
         return list(args)
 

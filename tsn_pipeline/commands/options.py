@@ -8,7 +8,8 @@ from typing import Callable, Optional
 
 import click
 
-ENV_PREFIX = "TSN"   # every option can also come from TSN_<COMMAND>_<OPTION>, e.g. TSN_DECODE_WORKERS
+# Every option can also come from TSN_<COMMAND>_<OPTION> (e.g. TSN_DECODE_WORKERS): cli.py sets
+# click's auto_envvar_prefix.
 
 
 def shard_options(f: Callable) -> Callable:
