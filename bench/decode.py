@@ -7,7 +7,7 @@ bench/results/decode.json:
   (so "same quality" is checked, not assumed: ffmpeg's -q:v and libjpeg's quality differ);
 - random-read throughput: 3 random frames per video, decoded, from the shard vs the folder.
 
-    python bench/decode.py                 # the shared clips, repeated 10x, 340x256, 2 workers
+    python bench/decode.py                 # the clips in tests/data, repeated 10x, 340x256, 2 workers
     python bench/decode.py --quick         # one repeat
     python bench/decode.py --videos DIR    # your own clips
 """
@@ -49,7 +49,7 @@ def psnr(a, b) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--videos", type=Path, default=REPO.parent / "shared" / "data" / "videos")
+    ap.add_argument("--videos", type=Path, default=REPO / "tests" / "data")
     ap.add_argument("--repeat", type=int, default=10, help="copies of each clip (more frames)")
     ap.add_argument("--size", default="340x256")
     ap.add_argument("--ffmpeg-qv", type=int, default=2,

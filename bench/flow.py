@@ -12,7 +12,7 @@ GPU (`--gpu`, one command on a GPU machine):
   torch backend pairs/s at 340x256 for batch sizes 1..256, peak memory, iterations per pair.
   Goal on one H200: >= 1000 pairs/s. `--gpu --device cpu --quick` runs the same code path on CPU.
 
-Frames: real clips from ../shared/data/videos when present (resized to 340x256), else a
+Frames: real clips from tests/data (or --videos) (resized to 340x256), else a
 synthetic textured scene with camera and object motion. Results are printed and written to
 bench/results/flow.json (CPU) or bench/results/flow_gpu.json with the machine's facts.
 
@@ -35,7 +35,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-VIDEOS = REPO.parent / "shared" / "data" / "videos"
+VIDEOS = REPO / "tests" / "data"
 RESULTS = REPO / "bench" / "results"
 SIZE = (340, 256)       # (W, H), TSN's frame size
 CLIPS = ["v_SoccerJuggling_g23_c01.avi", "SchoolRulesHowTheyHelpUs_wave_f_nm_np1_ba_med_0.avi",
@@ -89,7 +89,7 @@ def load_videos(frames_per_video: int) -> tuple:
                 start = min(20, max(len(rgb) - frames_per_video, 0))
                 out[path.stem] = rgb[start:start + frames_per_video]
         if out:
-            return out, "real clips (../shared/data/videos) at 340x256"
+            return out, "real clips (tests/data) at 340x256"
     out = {}
     for i in range(4):
         g = synthetic_video(frames_per_video, i)

@@ -1,6 +1,6 @@
 """Benchmark: `tsn score` / `tsn features` throughput and where the time goes; `tsn fuse` speed.
 
-The shared clips are decoded at 340x256 (TSN's size) into one frame shard, a random-weight
+The repository's test clips (tests/data; --videos for your own) are decoded at 340x256 (TSN's size) into one frame shard, a random-weight
 checkpoint of the chosen arch is saved with the training code's writer, and then:
 - `tsn score` with TSN's protocol (25 snippets x 10 crops) end to end: videos/s, crops/s;
 - the same time split into input preparation (JPEG decode + crops, `SnippetDataset`) and the
@@ -9,7 +9,7 @@ checkpoint of the chosen arch is saved with the training code's writer, and then
 - `tsn fuse` of two synthetic score sets of 10,000 videos x 101 classes (read + fuse + report).
 Prints and writes bench/results/score.json (machine facts included).
 
-    python bench/score.py                  # resnet50, 224, all shared clips, --workers 2
+    python bench/score.py                  # resnet50, 224, all clips in tests/data, --workers 2
     python bench/score.py --quick          # resnet18, 5 snippets, one clip, 1000-video fuse
     python bench/score.py --arch bninception --device cuda --workers 8
 """
@@ -83,7 +83,7 @@ def write_synthetic_scores(out: Path, modality: str, n: int, k: int, seed: int):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--videos", type=Path, default=REPO.parent / "shared" / "data" / "videos")
+    ap.add_argument("--videos", type=Path, default=REPO / "tests" / "data")
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--num-snippets", type=int, default=25)
     ap.add_argument("--crops", type=int, default=10)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_VIDEOS = REPO.parent / "shared" / "data" / "videos"
+CLIPS = REPO / "tests" / "data"   # real clips shipped with the repo (tests/data/README.md)
 
-# What each real clip decodes to (see shared/data/README.md): file -> frames that decode.
-SHARED_CLIP_FRAMES = {
+# What each real clip decodes to (tests/data/README.md): file -> frames that decode.
+CLIP_FRAMES = {
     "v_SoccerJuggling_g23_c01.avi": 240,
     "SchoolRulesHowTheyHelpUs_wave_f_nm_np1_ba_med_0.avi": 74,
     "TrumanShow_wave_f_nm_np1_fr_med_26.avi": 48,
@@ -23,10 +23,10 @@ SHARED_CLIP_FRAMES = {
 
 
 @pytest.fixture(scope="session")
-def shared_videos() -> Path:
-    if not SHARED_VIDEOS.is_dir():
-        pytest.skip("real test clips not found at ../shared/data/videos (relative to the repo)")
-    return SHARED_VIDEOS
+def real_clips() -> Path:
+    """The folder of real clips in the repository (never skipped: they ship with it)."""
+    assert CLIPS.is_dir(), f"{CLIPS} is missing: the repository ships its test clips"
+    return CLIPS
 
 
 def textured_frames(n: int, height: int, width: int, seed: int = 0, dx: float = 1.0,

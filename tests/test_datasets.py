@@ -23,13 +23,13 @@ def _touch(path: Path, data: bytes = b"x") -> Path:
 
 
 @pytest.fixture
-def ucf_root(tmp_path, shared_videos):
+def ucf_root(tmp_path, real_clips):
     """A UCF101-shaped tree: the real SoccerJuggling clip (linked) plus placeholder files,
     the official files' CRLF line ends, and a trimmed classInd (3 classes)."""
     root = tmp_path / "UCF101"
     vids = root / "UCF-101"
     (vids / "SoccerJuggling").mkdir(parents=True)
-    os.symlink(shared_videos / UCF_CLIP, vids / "SoccerJuggling" / UCF_CLIP)
+    os.symlink(real_clips / UCF_CLIP, vids / "SoccerJuggling" / UCF_CLIP)
     for rel in ["ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi",
                 "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi",
                 "HandstandPushups/v_HandStandPushups_g01_c01.avi",
@@ -48,7 +48,7 @@ def ucf_root(tmp_path, shared_videos):
     return root
 
 
-def test_ucf101_split_labels_and_paths(ucf_root, shared_videos):
+def test_ucf101_split_labels_and_paths(ucf_root, real_clips):
     vl = ucf101(ucf_root, split=1)
     assert vl.classes == ("ApplyEyeMakeup", "HandstandPushups", "SoccerJuggling")
     got = {it.video_id: (it.label, it.class_name, it.split) for it in vl.items}
@@ -60,7 +60,7 @@ def test_ucf101_split_labels_and_paths(ucf_root, shared_videos):
         "v_SoccerJuggling_g01_c01": (2, "SoccerJuggling", "test"),
     }
     real = next(it for it in vl.items if it.video_id == "v_SoccerJuggling_g23_c01")
-    assert Path(real.path).resolve() == (shared_videos / UCF_CLIP).resolve()
+    assert Path(real.path).resolve() == (real_clips / UCF_CLIP).resolve()
     assert [it.video_id for it in vl.items] == sorted(got)
 
 
@@ -103,11 +103,11 @@ def test_ucf101_missing_split_file_and_bad_split(ucf_root):
 
 
 @pytest.fixture
-def hmdb_root(tmp_path, shared_videos):
+def hmdb_root(tmp_path, real_clips):
     root = tmp_path / "hmdb51"
     for clip in HMDB_CLIPS:
         (root / "videos" / "wave").mkdir(parents=True, exist_ok=True)
-        os.symlink(shared_videos / clip, root / "videos" / "wave" / clip)
+        os.symlink(real_clips / clip, root / "videos" / "wave" / clip)
     _touch(root / "videos" / "brush_hair" / "April_09_brush_hair_u_nm_np1_ba_goo_0.avi")
     _touch(root / "videos" / "brush_hair" / "April_09_brush_hair_u_nm_np1_ba_goo_1.avi")
     s = root / "testTrainMulti_7030_splits"

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_CLIP_FRAMES, run_tsn, textured_frames
+from conftest import REPO, CLIP_FRAMES, run_tsn, textured_frames
 from tsn_pipeline import batch, store
 from tsn_pipeline.videoio import FrameReader, write_video
 
@@ -70,13 +70,13 @@ def test_resize_fixed_and_short_side(make_video, cli_runner, tmp_path):
     assert a.shape == (1, 32, 40, 3) and b.shape == (1, 30, 40, 3)
 
 
-def test_real_clips_decode_with_the_counts_that_decode(shared_videos, cli_runner, tmp_path):
+def test_real_clips_decode_with_the_counts_that_decode(real_clips, cli_runner, tmp_path):
     out = tmp_path / "out"
-    result = cli_runner("decode", shared_videos, "--out", out, "--size", "64x48", "--workers",
+    result = cli_runner("decode", real_clips, "--out", out, "--size", "64x48", "--workers",
                         "2", "--no-progress")
     assert result.exit_code == 0, result.output
     shards = store.open_shards(out)
-    for name, count in SHARED_CLIP_FRAMES.items():
+    for name, count in CLIP_FRAMES.items():
         entry = shards[Path(name).stem]
         assert entry.length == count, name
         assert shards.read_frames(entry.video_id, [count - 1]).shape == (1, 48, 64, 3)

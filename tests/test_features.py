@@ -21,9 +21,8 @@ def invoke(args):
 def test_features_of_a_decoded_real_clip_at_stride_16(tmp_path):
     import torch
 
-    videos = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
-    if not (videos / REAL_CLIP).is_file():
-        pytest.skip(f"real test clip {REAL_CLIP} not found in ../shared/data/videos")
+    from conftest import CLIPS as videos
+
     lst = tmp_path / "list.csv"
     lst.write_text(f"video_id,path,label,class_name,split\ntruman,{videos / REAL_CLIP},1,wave,test\n")
     res = invoke(["decode", str(lst), "--out", str(tmp_path / "frames"), "--size", "48x36",

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SHARED_VIDEOS, textured_frames
+from conftest import CLIPS, textured_frames
 from tsn_pipeline import batch, store
 from tsn_pipeline.flow import read_flow, resolve_backend
 from tsn_pipeline.flow.opencv import BackendUnavailable, cuda_device_count
@@ -142,9 +142,7 @@ def test_shard_selection_follows_the_frame_shards(tmp_path, cli_runner):
 
 
 def test_real_clip_through_decode_and_flow(tmp_path, cli_runner):
-    clip = SHARED_VIDEOS / "TrumanShow_wave_f_nm_np1_fr_med_26.avi"
-    if not clip.exists():
-        pytest.skip("real test clips not found at ../shared/data/videos (relative to the repo)")
+    clip = CLIPS / "TrumanShow_wave_f_nm_np1_fr_med_26.avi"
     src = tmp_path / "videos"
     src.mkdir()
     (src / clip.name).symlink_to(clip)

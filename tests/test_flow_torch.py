@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import SHARED_VIDEOS, textured_frames
+from conftest import CLIPS, textured_frames
 from tsn_pipeline.flow import backend_params
 from tsn_pipeline.flow.opencv import tvl1_opencv
 from tsn_pipeline.flow.tvl1_torch import TVL1Params, pyramid_sizes, resize_linear, tvl1
@@ -33,17 +33,13 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def texture():
-    """A real frame (gray float, lightly smoothed) when the shared clips exist, else a
-    synthetic texture, big enough to crop moved windows from."""
+    """A real frame (gray float, lightly smoothed), big enough to crop moved windows from."""
     import cv2
 
-    clip = SHARED_VIDEOS / "TrumanShow_wave_f_nm_np1_fr_med_26.avi"
-    if clip.exists():
-        from tsn_pipeline.videoio import read_video
+    from tsn_pipeline.videoio import read_video
 
-        img = cv2.cvtColor(read_video(clip)[10], cv2.COLOR_RGB2GRAY)
-    else:
-        img = cv2.cvtColor(textured_frames(1, 240, 432, seed=3)[0], cv2.COLOR_RGB2GRAY)
+    img = cv2.cvtColor(read_video(CLIPS / "TrumanShow_wave_f_nm_np1_fr_med_26.avi")[10],
+                       cv2.COLOR_RGB2GRAY)
     return cv2.GaussianBlur(img.astype(np.float32), (0, 0), 1.0)
 
 
@@ -112,13 +108,11 @@ def real_pairs():
 
     from tsn_pipeline.videoio import read_video
 
-    if not SHARED_VIDEOS.is_dir():
-        pytest.skip("real test clips not found at ../shared/data/videos (relative to the repo)")
     prev, nxt = [], []
     for clip, idx in [("TrumanShow_wave_f_nm_np1_fr_med_26.avi", [5, 40]),
                       ("v_SoccerJuggling_g23_c01.avi", [30, 120, 200])]:
         g = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)
-                      for f in read_video(SHARED_VIDEOS / clip, size=(128, 96))])
+                      for f in read_video(CLIPS / clip, size=(128, 96))])
         prev += [g[i] for i in idx]
         nxt += [g[i + 1] for i in idx]
     return np.stack(prev), np.stack(nxt)

@@ -402,13 +402,9 @@ def test_real_clip_decode_flow_score_fuse_three_streams(tmp_path):
     """The whole chain on a real clip: `tsn decode` -> `tsn flow --kind both` (JPEG, as TSN)
     -> `tsn score` with rgb, flow and warped checkpoints -> `tsn fuse` with TSN's default
     weights rgb 1 / flow 1 / warped 0.5."""
-    from pathlib import Path
+    from conftest import CLIPS
 
-    clip = (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
-            / "TrumanShow_wave_f_nm_np1_fr_med_26.avi")
-    if not clip.is_file():
-        pytest.skip("real test clip TrumanShow_wave_f_nm_np1_fr_med_26.avi not found in "
-                    "../shared/data/videos")
+    clip = CLIPS / "TrumanShow_wave_f_nm_np1_fr_med_26.avi"
     lst = tmp_path / "list.csv"
     lst.write_text(f"video_id,path,label,class_name,split\ntruman,{clip},1,b,test\n")
     res = run_cli(["decode", str(lst), "--out", str(tmp_path / "frames"), "--size", "48x36",

@@ -40,11 +40,11 @@ def _history(run):
     return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_overfits_real_clips_and_writes_the_run_folder(shared_videos, tmp_path, cli_runner):
+def test_overfits_real_clips_and_writes_the_run_folder(real_clips, tmp_path, cli_runner):
     from tsn_pipeline.model import load_checkpoint
     from tsn_pipeline.videolist import VideoItem, write_video_list_csv
 
-    clips = sorted(p for p in shared_videos.iterdir() if p.suffix in (".avi", ".mp4"))
+    clips = sorted(p for p in real_clips.iterdir() if p.suffix in (".avi", ".mp4"))
     items = [VideoItem(p.stem, str(p), i, p.stem[:12], "train") for i, p in enumerate(clips)]
     write_video_list_csv(items, tmp_path / "list.csv")
     r = cli_runner("decode", tmp_path / "list.csv", "--out", tmp_path / "frames",
@@ -202,13 +202,13 @@ def test_rgbdiff_bf16_channels_last_iterations(synth, tmp_path, cli_runner):
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
-def test_real_clips_decode_flow_then_train_warped(shared_videos, tmp_path, cli_runner):
+def test_real_clips_decode_flow_then_train_warped(real_clips, tmp_path, cli_runner):
     """The stages' real outputs join: frames from `tsn decode`, TV-L1 + warped flow from
     `tsn flow` (OpenCV CPU, few iterations), then a warped-flow stream trains on them."""
     from tsn_pipeline.data import Sources, load_clip
     from tsn_pipeline.videolist import VideoItem, write_video_list_csv
 
-    clips = sorted(p for p in shared_videos.iterdir() if "wave" in p.name)
+    clips = sorted(p for p in real_clips.iterdir() if "wave" in p.name)
     items = [VideoItem(p.stem, str(p), i, f"c{i}", "train") for i, p in enumerate(clips)]
     write_video_list_csv(items, tmp_path / "list.csv")
     r = cli_runner("decode", tmp_path / "list.csv", "--out", tmp_path / "frames",

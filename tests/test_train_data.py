@@ -14,7 +14,7 @@ import pytest
 from tsn_pipeline import batch, store
 
 REPO = Path(__file__).resolve().parents[1]
-VIDEOS = REPO.parent / "shared" / "data" / "videos"
+VIDEOS = REPO / "tests" / "data"
 H, W = 48, 64
 
 
