@@ -235,3 +235,34 @@ def test_pipeline_settings_name_real_options(name):
             for k, v in pairs:
                 assert k in params, f"{path.name} [{command}] {k!r} is not an option of tsn {command}"
                 params[k].process_value(ctx, v)
+
+
+def test_make_list_paths_resolve_from_any_current_folder(real_clips, cli_runner, tmp_path,
+                                                        monkeypatch):
+    """The one path rule: a list's relative paths are relative to the list's folder. A list
+    made with relative paths from one folder (as `make demo` does from the repository root)
+    is read by decode and training from any other folder."""
+    data = tmp_path / "project" / "data" / "videos"
+    for cls, clip in [("juggle", UCF_CLIP), ("wave", HMDB_CLIPS[1])]:
+        (data / cls).mkdir(parents=True)
+        os.symlink(real_clips / clip, data / cls / clip)
+    monkeypatch.chdir(tmp_path / "project")
+    result = cli_runner("make-list", "generic", "data/videos", "--out", "out/lists/all.csv")
+    assert result.exit_code == 0, result.output
+    rows = (tmp_path / "project" / "out" / "lists" / "all.csv").read_text().splitlines()
+    assert sorted(r.split(",")[1] for r in rows[1:]) == [
+        f"../../data/videos/juggle/{UCF_CLIP}", f"../../data/videos/wave/{HMDB_CLIPS[1]}"]
+    monkeypatch.chdir(tmp_path)                 # elsewhere: the list still finds its videos
+    result = cli_runner("decode", "project/out/lists/all.csv", "--out", "frames",
+                        "--size", "32x24", "--no-progress")
+    assert result.exit_code == 0, result.output
+    shards = store.open_shards(tmp_path / "frames")
+    assert shards.ids == sorted([Path(UCF_CLIP).stem, Path(HMDB_CLIPS[1]).stem])
+    assert {v: shards[v].label for v in shards.ids} == {Path(UCF_CLIP).stem: 0,
+                                                        Path(HMDB_CLIPS[1]).stem: 1}
+    # an absolute list path works the same, from a third folder
+    monkeypatch.chdir(data)
+    result = cli_runner("decode", tmp_path / "project" / "out" / "lists" / "all.csv", "--out",
+                        tmp_path / "frames2", "--size", "32x24", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert store.open_shards(tmp_path / "frames2").ids == shards.ids

@@ -101,7 +101,7 @@ def tiny_model(modality="rgb", seed=0, **kw):
     return model.eval(), cfg
 
 
-def save_checkpoint(path, model, cfg):
+def save_checkpoint(path, model, cfg, flip=True):
     """Save ``model`` with the training code's own checkpoint writer (as `tsn train` does)."""
     import torch
 
@@ -110,7 +110,7 @@ def save_checkpoint(path, model, cfg):
     opt = torch.optim.SGD(model.parameters(), lr=0.001)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[10])
     tcfg = TrainConfig(modality=cfg.modality, frames="frames", num_classes=cfg.num_classes,
-                       iterations=1)
+                       iterations=1, flip=flip)
     atomic_torch_save(checkpoint_state(model, cfg, tcfg, opt, sched, 0, 0, None, []), path)
     return path
 
@@ -525,3 +525,28 @@ def test_long_videos_are_read_in_chunks_with_the_same_result(rgb_setup, tmp_path
     (res,) = list(iter_video_outputs(FailSecondChunk(), "forward_snippets", ds, 1, cfg.mean,
                                      cfg.std, 12, "cpu"))
     assert res[1] is None and "out of memory" in str(res[2])
+
+
+def test_a_no_flip_checkpoint_is_tested_without_mirrored_crops(rgb_setup, tmp_path):
+    """A model trained with --no-flip (direction-sensitive classes) is scored on the 5
+    unmirrored crops by default (the first 5 of TSN's 10), and refuses --crops 10."""
+    model, cfg = rgb_setup["model"], rgb_setup["cfg"]
+    ckpt = save_checkpoint(tmp_path / "noflip.pt", model, cfg, flip=False)
+    common = ["--frames", str(rgb_setup["frames"]), "--num-snippets", "3", "--save-crops",
+              "--no-progress"]
+    res = run_cli(["score", str(ckpt), "--out", str(tmp_path / "s5"), *common])
+    assert res.exit_code == 0, res.output
+    five, _, root = read_scores(tmp_path / "s5")
+    assert root["config"]["crops"] == 5
+    res = run_cli(["score", str(rgb_setup["ckpt"]), "--out", str(tmp_path / "s10"), *common])
+    assert res.exit_code == 0, res.output
+    ten, _, _ = read_scores(tmp_path / "s10")
+    for vid in ten:
+        assert five[vid]["crop_scores"].shape[1] == 5
+        np.testing.assert_allclose(five[vid]["crop_scores"], ten[vid]["crop_scores"][:, :5],
+                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(five[vid]["scores"], ten[vid]["crop_scores"][:, :5].mean(1),
+                                   rtol=1e-5, atol=1e-5)
+    res = run_cli(["score", str(ckpt), "--out", str(tmp_path / "bad"), "--crops", "10", *common])
+    assert res.exit_code == 1 and "--no-flip" in res.output and "--crops 5" in res.output
+    assert not (tmp_path / "bad").exists()

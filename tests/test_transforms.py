@@ -143,3 +143,21 @@ def test_random_transforms_need_an_rng_and_bad_layouts_fail():
         T.CenterCrop(32, "chw")
     with pytest.raises(ValueError, match="modality"):
         T.layout_of("depth")
+
+
+def test_train_transform_without_flip_never_mirrors():
+    """--no-flip: the training transform is the multi-scale crop alone, draw for draw; with
+    flips on, some draws of the same generator come out mirrored."""
+    from tsn_pipeline.transforms import MultiScaleCrop, train_transform
+
+    clip = np.random.default_rng(0).integers(0, 256, size=(3, 1, 40, 56, 3), dtype=np.uint8)
+    mirrored = 0
+    for seed in range(20):
+        crop_only = MultiScaleCrop(32, "hwc")(clip, np.random.default_rng(seed))
+        no_flip = train_transform("rgb", 32, flip=False)(clip, np.random.default_rng(seed))
+        np.testing.assert_array_equal(no_flip, crop_only)
+        with_flip = train_transform("rgb", 32)(clip, np.random.default_rng(seed))
+        if not np.array_equal(with_flip, crop_only):
+            np.testing.assert_array_equal(with_flip, crop_only[..., ::-1, :])
+            mirrored += 1
+    assert 0 < mirrored < 20

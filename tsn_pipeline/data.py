@@ -178,7 +178,8 @@ class TSNDataset:
 
     def __init__(self, sources, samples: Sequence[VideoSample], modality: str,
                  num_segments: int, new_length: int, mode: str, input_size: int,
-                 mean: Sequence[float], std: Sequence[float], seed: int = 0, transform=None):
+                 mean: Sequence[float], std: Sequence[float], seed: int = 0, transform=None,
+                 flip: bool = True):
         if mode not in sampling.MODES:
             raise ValueError(f"mode {mode!r} not in {sampling.MODES}")
         self.sources = _as_sources(sources)
@@ -192,7 +193,7 @@ class TSNDataset:
         self.seed = int(seed)
         self.epoch = 0
         if transform is None:
-            transform = (transforms.train_transform(modality, input_size) if mode == "train"
+            transform = (transforms.train_transform(modality, input_size, flip) if mode == "train"
                          else transforms.eval_transform(modality, input_size, "center"))
         self.transform = transform
 

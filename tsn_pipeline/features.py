@@ -34,8 +34,9 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from . import batch, store
-from .score import (AMPS, CROP_CHOICES, SnippetDataset, SnippetPlan, class_names, file_sha256,
-                    iter_video_outputs, num_items, plan_tasks, resolve_device)
+from .score import (AMPS, CROP_CHOICES, SnippetDataset, SnippetPlan, class_names,
+                    crops_for_checkpoint, file_sha256, iter_video_outputs, num_items, plan_tasks,
+                    resolve_device)
 
 KIND = "features"
 DTYPES = ("float32", "float16")
@@ -129,6 +130,7 @@ def run_features(checkpoint, sources, out_dir, cfg: FeaturesConfig, shard_index:
     dev = resolve_device(device)
     model, mcfg, train_cfg, origin = load_model(checkpoint, model_config)
     model.to(dev).eval()
+    crops_for_checkpoint(cfg.crops, train_cfg or {})          # no mirrored crops for a --no-flip model
     shards = data.shard_set(sources, mcfg.modality)
     plan = SnippetPlan(mcfg.modality, mcfg.snippet_length, num_snippets=cfg.num_snippets,
                        stride=cfg.stride, input_size=mcfg.input_size, crops=cfg.crops,

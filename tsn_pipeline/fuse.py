@@ -28,7 +28,7 @@ from . import metrics
 
 log = logging.getLogger(__name__)
 
-# TSN_NOTES.md / paper: RGB:Flow = 1:1.5; RGB:Flow:Warped = 1:1:0.5.
+# docs/TSN.md "Fusion" (the paper): RGB:Flow = 1:1.5; RGB:Flow:Warped = 1:1:0.5.
 DEFAULT_WEIGHTS: Dict[frozenset, Dict[str, float]] = {
     frozenset({"rgb", "flow"}): {"rgb": 1.0, "flow": 1.5},
     frozenset({"rgb", "flow", "warped"}): {"rgb": 1.0, "flow": 1.0, "warped": 0.5},

@@ -12,7 +12,7 @@ dict) and checkpoints written by ``tsn train``; writes nothing itself.
   parameters); an extra dropout sits before the new classifier.
 * Input normalisation (mean/std per base channel, 0..1 scale) is part of ``ModelConfig``, so a
   checkpoint says how its input must be prepared (like timm's pretrained config).
-* ``param_groups`` gives TSN's lr / weight-decay multipliers (TSN_NOTES.md).
+* ``param_groups`` gives TSN's lr / weight-decay multipliers (docs/TSN.md, "Good practices").
 
 Shapes: ``TSN.forward(x)`` takes ``(B, K, C, H, W)`` and returns ``(B, num_classes)``, the
 consensus of the K snippet scores before softmax. ``C`` is ``3`` for RGB, ``2 * new_length``
@@ -470,7 +470,7 @@ class TSN(nn.Module):
 
     # -- optimisation ---------------------------------------------------------------------
     def param_groups(self) -> List[Dict[str, Any]]:
-        """TSN's parameter groups with ``lr_mult`` / ``decay_mult`` (TSN_NOTES.md).
+        """TSN's parameter groups with ``lr_mult`` / ``decay_mult`` (docs/TSN.md, "Good practices").
 
         first conv weight 5/1 for flow and warped (1/1 otherwise), first conv bias 10/0 for
         flow (2/0 otherwise), other conv/linear weights 1/1, other biases 2/0, BN parameters

@@ -4,7 +4,7 @@ Reads: frame shards (``frames-<i>-of-<n>.h5``, RGB / RGB difference) or flow sha
 (``flow-<i>-of-<n>.h5``, TV-L1 or warped flow) and one checkpoint. Writes
 ``scores-<i>-of-<n>.h5`` through the shared batch runner (resume, failures file, lock).
 
-TSN test protocol (paper section 3.1 / TSN_NOTES.md "Testing protocol"), the default:
+TSN test protocol (paper section 3.1; docs/TSN.md, "Testing protocol"), the default:
 25 snippets at equal intervals (segment centres), each frame resized to 340x256 (or short side
 256) by ``tsn decode``, 10 crops of 224x224 (4 corners + centre and their horizontal flips, the
 flow x component inverted on the flipped crops), class scores taken *before* softmax,
@@ -28,8 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -39,7 +39,7 @@ from .fuse import VideoScores
 log = logging.getLogger(__name__)
 
 KIND = "scores"
-CROP_CHOICES = (1, 3, 10)
+CROP_CHOICES = (1, 3, 5, 10)
 CROP_AGGS = ("mean", "max")
 AMPS = ("none", "bf16")
 
@@ -141,7 +141,7 @@ def file_sha256(path, chunk: int = 1 << 20) -> str:
 
 
 # -- settings -----------------------------------------------------------------------------
-CROP_NAMES = {1: "center", 3: "three", 10: "ten"}
+CROP_NAMES = {1: "center", 3: "three", 5: "five", 10: "ten"}
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ class ScoreConfig:
     """
 
     num_snippets: int = 25
-    crops: int = 10
+    crops: Optional[int] = None        # None: 10, or 5 for a model trained with --no-flip
     crop_agg: str = "mean"
     scale_size: Optional[int] = None
     save_crops: bool = False
@@ -164,7 +164,7 @@ class ScoreConfig:
             raise ValueError(f"amp={self.amp!r} is not one of {AMPS}")
         if int(self.num_snippets) < 1:
             raise ValueError(f"num_snippets={self.num_snippets} must be >= 1 (TSN: 25)")
-        if self.crops not in CROP_CHOICES:
+        if self.crops is not None and self.crops not in CROP_CHOICES:
             raise ValueError(f"crops={self.crops} is not one of {CROP_CHOICES} (TSN: 10)")
         if self.crop_agg not in CROP_AGGS:
             raise ValueError(f"crop_agg={self.crop_agg!r} is not one of {CROP_AGGS}")
@@ -173,6 +173,24 @@ class ScoreConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
+
+
+def crops_for_checkpoint(crops: Optional[int], train_cfg: Mapping[str, Any]) -> int:
+    """Crops per snippet for a checkpoint trained with ``train_cfg``: ``crops`` or its default.
+
+    TSN's 10 crops average each crop with its mirror image. A model trained without flips
+    (``tsn train --no-flip``, for classes a mirror image turns into each other) is tested
+    without them: 5 crops (4 corners + centre) by default, and asking for 10 is an error.
+    """
+    flipped = bool(train_cfg.get("flip", True))
+    if crops is None:
+        return 10 if flipped else 5
+    if crops == 10 and not flipped:
+        raise ValueError("this checkpoint was trained with --no-flip: the 10-crop test would "
+                         "average every crop with its mirror image, which for direction-"
+                         "sensitive classes is another class; use --crops 5 (4 corners + "
+                         "centre), 3 or 1")
+    return crops
 
 
 # -- the snippet engine shared by score and features ----------------------------------------
@@ -509,6 +527,7 @@ def run_score(checkpoint, sources, out_dir, cfg: ScoreConfig, shard_index: int =
     dev = resolve_device(device)
     model, mcfg, train_cfg = load_checkpoint(str(checkpoint), map_location="cpu")
     model.to(dev).eval()
+    cfg = replace(cfg, crops=crops_for_checkpoint(cfg.crops, train_cfg))
     shards = data.shard_set(sources, mcfg.modality)
     plan = SnippetPlan(mcfg.modality, mcfg.snippet_length, num_snippets=cfg.num_snippets,
                        input_size=mcfg.input_size, crops=cfg.crops, scale_size=cfg.scale_size)

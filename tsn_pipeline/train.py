@@ -28,7 +28,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -43,7 +43,8 @@ PLOT = "metrics.png"
 CONFIG_JSON = "train_config.json"
 PLOT_EVERY_S = 30.0     # redraw metrics.png at most this often (and after the last epoch)
 
-# TSN's released recipe (TSN_NOTES.md): lr, lr steps and stop in iterations, clip grad.
+# TSN's released recipe (docs/TSN.md, "Training recipe"): lr, lr steps and stop in
+# iterations, clip grad.
 RECIPES = {
     "rgb": {"lr": 0.001, "lr_steps": (1500,), "iterations": 3500, "clip_grad": 40.0},
     "rgbdiff": {"lr": 0.001, "lr_steps": (1500,), "iterations": 3500, "clip_grad": 40.0},
@@ -90,6 +91,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     val_every: int = 1
+    flip: bool = True          # random horizontal flips (off for direction-sensitive classes)
 
     def __post_init__(self):
         if self.modality not in RECIPES:
@@ -345,6 +347,8 @@ _RESUME_FREE = {"workers", "device", "threads"}   # settings a resumed run may c
 
 def _resume_check(stored: Dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     now = cfg.to_dict()
+    # a setting added after the checkpoint was written had its default then
+    stored = {**{f.name: f.default for f in fields(TrainConfig) if f.name not in stored}, **stored}
     diff = [f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(stored) | set(now))
             if k not in _RESUME_FREE and stored.get(k) != now.get(k)]
     if diff:
@@ -439,6 +443,10 @@ def plot_metrics(history: List[Dict[str, Any]], path: Path) -> None:
     if val:
         ax1.plot([h["epoch"] for h in val], [h["val_loss"] for h in val], "s-", label="val")
         ax2.plot([h["epoch"] for h in val], [h["val_top1"] for h in val], "s-", label="val")
+    else:
+        # training curves alone say nothing about generalisation: say why there is no val
+        fig.suptitle("no validation: train with --val-split (e.g. test) for val curves",
+                     fontsize=9, color="firebrick")
     ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax2.set(xlabel="epoch", ylabel="top-1", title="accuracy", ylim=(0, 1.02))
     for ax in (ax1, ax2):
@@ -527,7 +535,8 @@ def _train(cfg: TrainConfig, model_kwargs, out: Path, d: Dist, ckpt_path: Path, 
 
     per_proc = cfg.batch_size // d.world
     train_ds = data.TSNDataset(sources, train_s, cfg.modality, mcfg.num_segments, mcfg.new_length,
-                               "train", mcfg.input_size, mcfg.mean, mcfg.std, seed=cfg.seed)
+                               "train", mcfg.input_size, mcfg.mean, mcfg.std, seed=cfg.seed,
+                               flip=cfg.flip)
     sampler = data.EpochSampler(DistributedSampler(
         train_ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed,
         drop_last=False))

@@ -289,24 +289,34 @@ class Compose(GroupTransform):
         return clip
 
 
-def train_transform(modality: str, input_size: int = 224) -> Compose:
-    """TSN training augmentation: multi-scale corner crop -> ``input_size``, random flip."""
+def train_transform(modality: str, input_size: int = 224, flip: bool = True) -> Compose:
+    """TSN training augmentation: multi-scale corner crop -> ``input_size``, random flip.
+
+    ``flip=False`` leaves the clips unmirrored: for classes that a mirror image turns into
+    each other (moving left / moving right, Something-Something's directions).
+    """
     layout = layout_of(modality)
-    return Compose([MultiScaleCrop(input_size, layout), RandomHorizontalFlip(layout)])
+    steps = [MultiScaleCrop(input_size, layout)]
+    if flip:
+        steps.append(RandomHorizontalFlip(layout))
+    return Compose(steps)
 
 
 def eval_transform(modality: str, input_size: int = 224, crops: str = "center",
                    scale_size: Optional[int] = None) -> Compose:
     """Test/validation: short side -> ``scale_size`` (``input_size * 256 // 224``), then crops.
 
-    ``crops``: ``"center"`` (no crop axis), ``"three"`` or ``"ten"`` (leading crop axis).
+    ``crops``: ``"center"`` (no crop axis), ``"three"``, ``"five"`` (4 corners + centre, no
+    flips) or ``"ten"`` (those 5 and their mirror images), with a leading crop axis.
     """
     layout = layout_of(modality)
     scale_size = int(scale_size or input_size * 256 // 224)
-    kinds = {"center": CenterCrop, "three": ThreeCrop, "ten": TenCrop}
+    kinds = {"center": CenterCrop, "three": ThreeCrop, "five": TenCrop, "ten": TenCrop}
     if crops not in kinds:
         raise ValueError(f"crops={crops!r}; expected one of {sorted(kinds)}")
-    return Compose([Resize(scale_size, layout), kinds[crops](input_size, layout)])
+    cropper = (TenCrop(input_size, layout, flip=crops == "ten") if kinds[crops] is TenCrop
+               else kinds[crops](input_size, layout))
+    return Compose([Resize(scale_size, layout), cropper])
 
 
 def normalize(clip: np.ndarray, modality: str, mean: Sequence[float], std: Sequence[float]):

@@ -167,8 +167,24 @@ def load_video_list(source) -> VideoList:
     return from_csv(source)
 
 
+def path_in_list(video_path, list_path) -> str:
+    """How a list file at ``list_path`` stores ``video_path``: relative to the list's folder.
+
+    The one path rule of list files: a relative path in a list is relative to the list's own
+    folder (``from_csv`` reads it so), never to the current folder of whoever runs a stage.
+    ``video_path`` itself may be relative to the current folder or absolute. Example: from
+    the repository root, ``out/demo/data/videos/a.avi`` in ``out/demo/lists/split1.csv`` is
+    stored as ``../data/videos/a.avi``.
+    """
+    return os.path.relpath(os.path.abspath(video_path), os.path.abspath(Path(list_path).parent))
+
+
 def write_video_list_csv(items: Iterable[VideoItem], path) -> None:
-    """Write the CSV that ``tsn decode --list`` and the other stages read (atomically)."""
+    """Write the CSV that ``tsn decode`` and the other stages read (atomically).
+
+    Video paths are written relative to the CSV's folder (``path_in_list``), so the list
+    works from any current folder and moves with the data it sits beside.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -176,5 +192,6 @@ def write_video_list_csv(items: Iterable[VideoItem], path) -> None:
         writer = csv.writer(fh)
         writer.writerow(CSV_COLUMNS)
         for it in items:
-            writer.writerow([it.video_id, it.path, it.label, it.class_name, it.split])
+            writer.writerow([it.video_id, path_in_list(it.path, path), it.label, it.class_name,
+                             it.split])
     os.replace(tmp, path)

@@ -10,7 +10,8 @@ import click
 @click.argument("dataset", type=click.Choice(["ucf101", "hmdb51", "generic"]))
 @click.argument("data", type=click.Path(exists=True))
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
-              help="CSV to write (video_id,path,label,class_name,split).")
+              help="CSV to write (video_id,path,label,class_name,split); video paths are "
+                   "written relative to the CSV's folder.")
 @click.option("--split", type=click.IntRange(1, 3), default=1, show_default=True,
               help="Official split (ucf101, hmdb51).")
 @click.option("--splits", "splits_dir", type=click.Path(file_okay=False, exists=True), default=None,

@@ -16,8 +16,9 @@ from .score import input_options, open_inputs
                    "--num-snippets is given].")
 @click.option("--num-snippets", type=click.IntRange(min=1), default=None,
               help="Instead of --stride: this many evenly spaced snippets per video.")
-@click.option("--crops", type=click.Choice(["1", "3", "10"]), default="1", show_default=True,
-              help="Crops per snippet (their features are averaged): 1 = centre crop.")
+@click.option("--crops", type=click.Choice(["1", "3", "5", "10"]), default="1", show_default=True,
+              help="Crops per snippet (their features are averaged): 1 = centre crop, 5 = 4 "
+                   "corners + centre, 10 = those and their mirror images.")
 @click.option("--scale-size", type=click.IntRange(min=1), default=None,
               help="Resize the short side to this before cropping "
                    "[default: input_size * 256 / 224 = 256].")

@@ -55,9 +55,10 @@ def open_inputs(frames_dir, flow_dir, list_file):
               help="Folder for scores-<i>-of-<n>.h5 shards.")
 @click.option("--num-snippets", type=click.IntRange(min=1), default=25, show_default=True,
               help="Snippets per video, evenly spaced (TSN: 25).")
-@click.option("--crops", type=click.Choice(["1", "3", "10"]), default="10", show_default=True,
-              help="Crops per snippet: 1 centre, 3 along the long side, 10 = 4 corners + "
-                   "centre and their flips (TSN).")
+@click.option("--crops", type=click.Choice(["1", "3", "5", "10"]), default=None,
+              help="Crops per snippet: 1 centre, 3 along the long side, 5 = 4 corners + "
+                   "centre, 10 = those and their mirror images (TSN) [default: 10; 5 for a "
+                   "model trained with --no-flip, which refuses 10].")
 @click.option("--crop-agg", type=click.Choice(["mean", "max"]), default="mean",
               show_default=True, help="How crop scores are combined (before softmax).")
 @click.option("--scale-size", type=click.IntRange(min=1), default=None,
@@ -88,7 +89,7 @@ def score(checkpoint, out_dir, num_snippets, crops, crop_agg, scale_size, save_c
 
     index, count = resolve_shard_or_fail(shard_index, num_shards)
     try:
-        cfg = ScoreConfig(num_snippets=num_snippets, crops=int(crops), crop_agg=crop_agg,
+        cfg = ScoreConfig(num_snippets=num_snippets, crops=int(crops) if crops else None, crop_agg=crop_agg,
                           scale_size=scale_size, save_crops=save_crops, amp=amp)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc

@@ -92,6 +92,10 @@ def _modality_overrides(ctx, modality: str, params: dict) -> dict:
               help="Freeze every BatchNorm after the first.")
 @click.option("--freeze-bn", is_flag=True, help="Freeze every BatchNorm, the first too.")
 @click.option("--input-size", type=click.IntRange(min=32), default=224, show_default=True)
+@click.option("--flip/--no-flip", default=True, show_default=True,
+              help="Random horizontal flips (TSN). --no-flip for classes a mirror image turns "
+                   "into each other (left/right); recorded, so `tsn score` then tests "
+                   "without flipped crops.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda.")
 @click.option("--amp", type=click.Choice(["none", "bf16"]), default="none", show_default=True,
               help="bf16 autocast (CUDA and CPU).")
@@ -136,7 +140,7 @@ def train(ctx, **params):
             lr_gamma=p["lr_gamma"], momentum=p["momentum"], weight_decay=p["weight_decay"],
             clip_grad=p["clip_grad"], amp=p["amp"], channels_last=p["channels_last"],
             sync_bn=p["sync_bn"], workers=p["workers"], threads=p["threads"], device=p["device"], seed=p["seed"],
-            deterministic=p["deterministic"], val_every=p["val_every"])
+            deterministic=p["deterministic"], val_every=p["val_every"], flip=p["flip"])
         model_kwargs = dict(
             arch=p["arch"], num_segments=p["num_segments"], new_length=p["new_length"],
             consensus=p["consensus"], dropout=p["dropout"], partial_bn=p["partial_bn"],

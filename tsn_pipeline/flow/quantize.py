@@ -1,6 +1,6 @@
 """8-bit flow codec of TSN / dense_flow, and the flip helpers training uses.
 
-Reads and writes nothing; pure numpy. Convention (TSN_NOTES "Optical flow conventions"):
+Reads and writes nothing; pure numpy. Convention (docs/TSN.md, "Optical flow conventions"):
 
     q(v) = 255                          if v >  b
            0                            if v < -b
