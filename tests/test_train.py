@@ -85,9 +85,12 @@ def test_flow_training_validates_and_keeps_best(synth, tmp_path, cli_runner):
     # --overwrite starts again: no stale best.pt or metrics from the first run
     r = cli_runner("train", "--flow", synth / "flow", "--modality", "flow", *TINY,
                    "--new-length", "3", "--iterations", "1", "--batch-size", "4",
-                   "--out", run, "--overwrite")
+                   "--out", run, "--overwrite", "--no-flip")
     assert r.exit_code == 0, r.output
     assert not (run / "best.pt").exists() and len(_history(run)) == 1
+    # --no-flip is recorded, so scoring knows not to test mirrored crops
+    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert json.loads(ckpt["train_config"])["flip"] is False
 
 
 def test_resume_after_kill_gives_the_same_weights(synth, tmp_path, cli_runner):
