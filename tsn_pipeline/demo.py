@@ -276,8 +276,3 @@ def _summary(out: Path, cfg: DemoConfig, skipped: bool) -> Dict:
             "test": n_test, "classes": cfg.class_names, "frames": cfg.frames,
             "size": [cfg.width, cfg.height], "codec": cfg.codec, "skipped": skipped,
             "splits": str(out / "splits"), "videos_dir": str(out / "videos")}
-
-
-def load_motion(out) -> Dict:
-    """The ground truth written with the dataset (``motion.json``)."""
-    return json.loads((Path(out) / "motion.json").read_text())
