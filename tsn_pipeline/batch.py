@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -34,9 +35,11 @@ import traceback
 import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence,
+                    Tuple)
 
 from . import store
+from .store import config_diff
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +122,23 @@ def resolve_shard(shard_index: Optional[int], num_shards: Optional[int],
     return shard_index, num_shards
 
 
-def assign_shard(video_ids: Sequence[str], index: int, count: int) -> List[str]:
-    """Videos of shard ``index`` of ``count``: round-robin over the sorted ids.
+def shard_of(video_id: str, num_shards: int) -> int:
+    """The shard a video belongs to: the first 8 bytes of the SHA-1 of its UTF-8 id, read as a
+    big-endian integer, modulo ``num_shards``.
 
-    Deterministic and independent of list order, so frame shard i and flow shard i (and any
-    rerun) hold the same videos. Example: ids a..e, 2 shards -> [a, c, e] and [b, d].
+    The one assignment rule of every per-video stage (decode, flow, score, features,
+    rawframes import/export). It depends on the id alone, so adding or removing a video
+    never moves another one, and shard i of every stage holds the same videos.
+    (A cryptographic hash spreads ids that differ in one character, such as ``..._c01`` and
+    ``..._c02``, evenly; CRC-32's low bits do not.) Example: ``shard_of("vid_a", 2) == 1``.
     """
-    return sorted(video_ids)[index::count]
+    digest = hashlib.sha1(video_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % int(num_shards)
+
+
+def assign_shard(video_ids: Iterable[str], index: int, count: int) -> List[str]:
+    """The ids among ``video_ids`` that belong to shard ``index`` of ``count``, sorted."""
+    return sorted({v for v in video_ids if shard_of(v, count) == index})
 
 
 def plan_shard(items: Sequence[Any], index: int, count: int,
@@ -292,11 +305,6 @@ class _Lock:
     def __exit__(self, *exc):
         fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
         self.fh.close()
-
-
-def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[str]:
-    keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
 def _normalise(config: Mapping[str, Any]) -> Dict[str, Any]:

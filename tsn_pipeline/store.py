@@ -16,6 +16,7 @@ pickle an open handle, so a ``ShardSet`` can be handed to DataLoader workers.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import zlib
@@ -26,6 +27,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from . import __version__
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 VIDEOS = "videos"
@@ -78,6 +81,12 @@ class VideoRecord:
             raise ValueError(f"names used both as stream and array: {sorted(clash)}")
 
 
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[str]:
+    """``["size: [340, 256] -> [64, 48]", ...]``: the keys whose values differ."""
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
 def _attr_value(value: Any) -> Any:
     """Map a Python value onto something h5py stores faithfully (lists/dicts as JSON)."""
     if isinstance(value, (dict, list, tuple)):
@@ -102,6 +111,10 @@ def _read_attr(value: Any) -> Any:
         except ValueError:
             return value
     return value
+
+
+def _as_dict(value: Any) -> Dict[str, Any]:
+    return value if isinstance(value, dict) else {} if value is None else {"value": value}
 
 
 def read_attrs(obj) -> Dict[str, Any]:
@@ -323,10 +336,36 @@ class ShardSet:
                             int(vattrs.get("label", -1)), vattrs)
             except OSError as exc:
                 raise StoreError(f"{path}: cannot open as HDF5 ({exc})") from exc
-        if len(kinds) > 1:
-            raise StoreError(f"shards of different kinds mixed: {sorted(kinds)}")
+        self._check_consistent()
         if self.kind is None and kinds:
             self.kind = kinds.pop()
+
+    def _check_consistent(self):
+        """All shards of a set must agree on what changes their content: kind, schema and
+        stage config (size, encoding, flow kinds, bound, ...; for flow shards also the config
+        of the frames they came from); the shards of one folder also on their count."""
+        items = list(self.root.items())
+        if not items:
+            return
+        first, a = items[0]
+        for path, b in items[1:]:
+            diff = [f"kind: {a.get('kind')!r} -> {b.get('kind')!r}"] if a.get("kind") != b.get("kind") else []
+            for key in ("config", "frames_config"):
+                diff += [f"{key} {d}" for d in config_diff(_as_dict(a.get(key)), _as_dict(b.get(key)))]
+            if Path(path).parent == Path(first).parent and a.get("num_shards") != b.get("num_shards"):
+                diff.append(f"num_shards: {a.get('num_shards')!r} -> {b.get('num_shards')!r}")
+            if diff:
+                raise StoreError(
+                    f"shards {first} and {path} were made with different settings "
+                    f"({'; '.join(diff[:6])}); one set must share them: re-create the odd "
+                    "shards with the same settings (--overwrite) or read them separately")
+
+    def missing_shards(self) -> List[int]:
+        """Indices ``i`` of ``<kind>-<i>-of-<n>`` that the set lacks (by the shards' ``n``)."""
+        have: Dict[int, set] = {}
+        for attrs in self.root.values():
+            have.setdefault(int(attrs.get("num_shards", 1)), set()).add(int(attrs.get("shard_index", 0)))
+        return sorted({i for n, got in have.items() for i in range(n) if i not in got})
 
     def _check_root(self, path: str, attrs: Mapping[str, Any]):
         version = attrs.get("schema_version")
@@ -456,8 +495,23 @@ class ShardSet:
 
 
 def open_shards(paths, kind: Optional[str] = None) -> ShardSet:
-    """Index the shards at ``paths`` (files or folders). See ``ShardSet``."""
-    return ShardSet(paths, kind)
+    """Index the shards at ``paths`` (files or folders). See ``ShardSet``.
+
+    Reading only some of the ``n`` shards of a set is allowed (a file given on purpose, an
+    array job still running) but logged as a warning naming the missing ones.
+    """
+    shards = ShardSet(paths, kind)
+    missing = shards.missing_shards()
+    if missing:
+        given = [str(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+        files = any(Path(p).is_file() for p in given)
+        counts = sorted({int(r.get("num_shards", 1)) for r in shards.root.values()})
+        log.warning("reading %d of the %s %s shards of %s: shard(s) %s %s", len(shards.paths),
+                    "/".join(map(str, counts)), shards.kind, ", ".join(given),
+                    ",".join(map(str, missing)),
+                    "are not among the files given (reading those files only, as asked)"
+                    if files else "are missing from the folder")
+    return shards
 
 
 def decode_image(payload: bytes, color: bool = True) -> np.ndarray:

@@ -241,7 +241,7 @@ def test_flow_records_too_short_videos_and_resumes_identically_after_kills(tmp_p
     args = ["flow", tmp_path / "frames", "--backend", "opencv", "--kind", "both", "--workers",
             "2", "--no-progress"]
     whole = run_tsn(*args, "--out", tmp_path / "whole")
-    assert whole.returncode == 1 and "1 video(s) failed" in whole.stderr, whole.stderr
+    assert whole.returncode == 1 and "1 of 7 videos failed" in whole.stderr, whole.stderr
     reason = _failures(tmp_path / "whole", "flow")["single"]
     assert "single" in reason or "frame" in reason
     out = tmp_path / "killed"
