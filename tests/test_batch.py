@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import h5py
+
 from tsn_pipeline import batch, store
 
 
@@ -73,3 +75,33 @@ def test_decode_import_export_write_every_shard(make_video, cli_runner, tmp_path
     for i in range(5):
         assert (store.open_shards(tmp_path / "imported" / f"frames-{i}-of-5.h5").ids
                 == batch.assign_shard(names, i, 5))
+
+
+def test_rerun_with_videos_added_or_removed_is_refused_until_overwrite(make_video, cli_runner,
+                                                                        tmp_path):
+    for i, name in enumerate(["a", "b", "c"]):
+        make_video(f"v/{name}.mkv", n=3, seed=i)
+    out = tmp_path / "frames"
+    args = ["decode", tmp_path / "v", "--out", out, "--size", "32x24", "--no-progress"]
+    assert cli_runner(*args).exit_code == 0
+    shard = out / "frames-0-of-1.h5"
+    with h5py.File(shard, "r") as f:
+        assert store.read_assigned(f) == ["a", "b", "c"]
+    before = shard.read_bytes()
+    make_video("v/d.mkv", n=3, seed=9)
+    added = cli_runner(*args)
+    assert added.exit_code == 1
+    assert "added: d" in added.output and "--overwrite" in added.output
+    assert shard.read_bytes() == before                       # nothing changed on disk
+    (tmp_path / "v" / "a.mkv").unlink()
+    both = cli_runner(*args)
+    assert both.exit_code == 1 and "added: d; removed: a" in both.output
+    (tmp_path / "v" / "d.mkv").unlink()
+    removed = cli_runner(*args)
+    assert removed.exit_code == 1 and "(removed: a)" in removed.output
+    redo = cli_runner(*args, "--overwrite")
+    assert redo.exit_code == 0, redo.output
+    assert store.open_shards(out).ids == ["b", "c"]
+    with h5py.File(shard, "r") as f:
+        assert store.read_assigned(f) == ["b", "c"]
+    assert cli_runner("verify", out).exit_code == 0

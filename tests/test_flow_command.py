@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import CLIPS, textured_frames
+from shards import flip_byte, payload_offset
 from tsn_pipeline import batch, store
 from tsn_pipeline.flow import read_flow, resolve_backend
 from tsn_pipeline.flow.opencv import BackendUnavailable, cuda_device_count
@@ -191,3 +192,16 @@ def test_opencv_cuda_backend_matches_torch():
     a = compute_flow(gray[:-1], gray[1:], backend="opencv-cuda")["tvl1"]
     b = compute_flow(gray[:-1], gray[1:], backend="torch")["tvl1"]
     assert np.sqrt(((a - b) ** 2).sum(1)).mean() < 0.05
+
+
+def test_a_damaged_frame_video_fails_alone_naming_shard_and_video(moving, cli_runner, tmp_path):
+    """A payload byte flipped on disk: flow checks each video's checksum before reading it."""
+    frames, _ = moving
+    flip_byte(frames, payload_offset(frames, "vid_a", "rgb") + 100)
+    out = tmp_path / "flow"
+    result = cli_runner("flow", frames, "--out", out, "--backend", "opencv", *FAST)
+    assert result.exit_code == 1 and "1 of 2 videos failed" in result.output
+    (failure,) = json.loads((out / "flow-0-of-1.failures.json").read_text())
+    assert failure["video_id"] == "vid_a"
+    assert str(frames) in failure["reason"] and "'vid_a' is damaged" in failure["reason"]
+    assert store.open_shards(out).ids == ["vid_b"]

@@ -526,3 +526,18 @@ def test_long_videos_are_read_in_chunks_with_the_same_result(rgb_setup, tmp_path
     (res,) = list(iter_video_outputs(FailSecondChunk(), "forward_snippets", ds, 1, cfg.mean,
                                      cfg.std, 12, "cpu"))
     assert res[1] is None and "out of memory" in str(res[2])
+
+
+def test_a_damaged_video_is_a_recorded_failure(rgb_setup, tmp_path):
+    """A payload byte flipped on disk: score checks the video's checksum before reading it."""
+    from shards import flip_byte, payload_offset
+
+    frames = write_frame_shards(tmp_path / "frames")
+    shard = frames / "frames-0-of-1.h5"
+    flip_byte(shard, payload_offset(shard, "vid_b", "rgb") + 200)
+    res = run_cli(["score", str(rgb_setup["ckpt"]), "--frames", str(frames), "--out",
+                   str(tmp_path / "s"), "--num-snippets", "2", "--crops", "1", "--no-progress"])
+    assert res.exit_code == 1 and "1 of 3 videos failed" in res.output
+    (failure,) = json.loads((tmp_path / "s" / "scores-0-of-1.failures.json").read_text())
+    assert failure["video_id"] == "vid_b" and f"{shard}: video 'vid_b' is damaged" in failure["reason"]
+    assert list(read_scores(tmp_path / "s")[0]) == ["vid_a", "vid_c"]

@@ -215,7 +215,7 @@ def _part_ok(path: Path) -> bool:
     try:
         with h5py.File(path, "r") as f:
             (vid,) = list(f[store.VIDEOS].keys())
-            return "crc32" in f[store.VIDEOS][vid].attrs
+            return store.CHECKSUM in f[store.VIDEOS][vid].attrs
     except Exception:  # truncated or garbage after a machine crash: redo the video
         return False
 
@@ -311,12 +311,13 @@ def _normalise(config: Mapping[str, Any]) -> Dict[str, Any]:
     return json.loads(json.dumps(dict(config), sort_keys=True))
 
 
-def _read_shard_root(path: Path) -> Dict[str, Any]:
+def _read_shard_root(path: Path) -> Tuple[Dict[str, Any], List[str]]:
+    """(root attributes, assigned ids) of an existing shard."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            return store.read_attrs(f)
+            return store.read_attrs(f), store.read_assigned(f)
     except OSError as exc:
         raise StageError(f"{path} exists but cannot be read as HDF5 ({exc}); "
                          "remove it or rerun with --overwrite") from exc
@@ -346,6 +347,7 @@ def run_stage(*, kind: str, out_dir, shard_index: int, num_shards: int,
     parts = out_dir / f".{name}.parts"
     failures_file = out_dir / f"{kind}-{shard_index}-of-{num_shards}.failures.json"
     config = _normalise(config)
+    assigned = sorted({t.video_id for t in tasks} | {d["video_id"] for d in initial_failures})
     summary = Summary(stage=kind, shard=str(final), shard_index=shard_index,
                       num_shards=num_shards, status="written", videos=len(tasks) + len(initial_failures),
                       failures_file=str(failures_file))
@@ -359,8 +361,9 @@ def run_stage(*, kind: str, out_dir, shard_index: int, num_shards: int,
             final.unlink()
             shutil.rmtree(parts, ignore_errors=True)
         if final.exists():
-            root = _read_shard_root(final)
+            root, before = _read_shard_root(final)
             _check_compatible(final, root, config)
+            _check_assignment(final, before, assigned)
             previous = root.get("failed") or []
             # a run killed between the rename and its clean-up leaves these behind
             shutil.rmtree(parts, ignore_errors=True)
@@ -399,7 +402,7 @@ def run_stage(*, kind: str, out_dir, shard_index: int, num_shards: int,
         failures.sort(key=lambda d: d["video_id"])
         ok_ids = sorted(wanted & _done_parts(parts))
         summary.items = _assemble(final, parts, ok_ids, kind, config, shard_index, num_shards,
-                                  failures, root_extra)
+                                  failures, root_extra, assigned)
         try:
             atomic_write_text(failures_file, json.dumps(failures, indent=1, sort_keys=True) + "\n")
         except OSError as exc:
@@ -420,6 +423,19 @@ def _check_compatible(final: Path, root: Mapping[str, Any], config: Mapping[str,
     if diff:
         raise StageError(f"{final} was made with other settings ({'; '.join(diff[:6])}); "
                          "use another output folder or --overwrite")
+
+
+def _check_assignment(final: Path, before: Sequence[str], now: Sequence[str]) -> None:
+    """A finished shard was made for exactly the videos assigned to it now."""
+    added, removed = sorted(set(now) - set(before)), sorted(set(before) - set(now))
+    if added or removed:
+        def some(ids):
+            return ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+
+        what = "; ".join(x for x in (added and f"added: {some(added)}",
+                                      removed and f"removed: {some(removed)}") if x)
+        raise StageError(f"{final} was made for other videos than the input now assigns to "
+                         f"it ({what}); rerun with --overwrite to redo the shard")
 
 
 def _prepare_parts(parts: Path, config: Mapping[str, Any], overwrite: bool) -> None:
@@ -471,7 +487,7 @@ def _unpack_to_parts(final: Path, parts: Path, config: Mapping[str, Any]) -> Non
 
 
 def _assemble(final: Path, parts: Path, ok_ids: List[str], kind: str, config, index: int,
-              count: int, failures, root_extra) -> int:
+              count: int, failures, root_extra, assigned: Sequence[str]) -> int:
     items = 0
 
     def fill(f):
@@ -484,8 +500,7 @@ def _assemble(final: Path, parts: Path, ok_ids: List[str], kind: str, config, in
         extra = dict(root_extra or {})
         extra.update(num_videos=len(ok_ids), num_items=items,
                      failed=json.dumps(failures, sort_keys=True))
-        for key, value in store.root_attrs(kind, config, index, count, extra).items():
-            f.attrs[key] = value
+        store.write_root(f, kind, config, index, count, assigned, extra)
 
     try:
         _write_h5(final, fill)

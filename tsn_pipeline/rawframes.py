@@ -497,6 +497,9 @@ def export_video(frames, flow, vid: str, out: Path, cfg: ExportConfig) -> Tuple[
     count = frames[vid].length if frames is not None else flow[vid].length
     if final.is_dir() and not cfg.overwrite:        # renamed into place only when complete
         return "skipped", 0, count
+    for shards in (frames, flow):        # never write out damaged bytes
+        if shards is not None:
+            shards.check_video(vid)
     if final.exists():
         shutil.rmtree(final)
     tmp = final.with_name(f".{final.name}.tmp")

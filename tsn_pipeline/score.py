@@ -297,6 +297,8 @@ class SnippetDataset:
         if err is not None:
             return task, part, parts, None, err
         try:
+            if part == 0:      # the whole video is checked once, before its first chunk
+                data.shard_set(self.sources, self.plan.modality).check_video(task.video_id)
             clip = data.load_clip(self.sources, task.video_id, self.plan.modality, idx)
             out = self.transform(clip, None)
             if self.plan.crops == 1:

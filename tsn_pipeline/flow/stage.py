@@ -115,6 +115,10 @@ def load_gray(task: batch.Task, threaded: bool = False) -> Tuple[np.ndarray, Dic
 
     shards = _frame_shards(task.source)
     entry = shards[task.video_id]
+    try:
+        shards.check_video(task.video_id)
+    except store.StoreError as exc:
+        raise batch.VideoFailure(str(exc)) from exc
     n = entry.length
     if n == 0:
         return np.zeros((0, 0, 0), np.uint8), dict(entry.attrs)
