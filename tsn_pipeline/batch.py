@@ -170,42 +170,64 @@ def _part_path(parts: Path, video_id: str) -> Path:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode("utf-8"), durable=True)
+
+
+def _atomic_write_bytes(path: Path, data: bytes, durable: bool) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if durable:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def _write_h5(path: Path, fill: Callable[[Any], None], durable: bool = True) -> None:
-    """Create ``path`` via ``path.tmp`` + rename; on any error the tmp file is removed.
+def _write_h5(path: Path, fill: Callable[[Any], Any]) -> Any:
+    """Create ``path`` via ``path.tmp`` + fsync + rename; return ``fill(file)``'s result.
 
-    ``durable`` fsyncs before the rename (shards). Parts skip it: a killed process loses
-    nothing that reached the page cache, and after a machine crash a damaged part is found
-    and redone when the run resumes (``_done_parts``), so a sync per video is not worth it.
+    HDF5 cannot recover from a failed write: on a full disk (or past RLIMIT_FSIZE) its caches
+    stay dirty, every later close raises RuntimeError and the interpreter's exit can crash.
+    So the file is written in a forked child (``store.isolated``): a failure there removes
+    the tmp file and comes back as ``OSError`` with the system's reason, and this process
+    never holds a broken HDF5 file.
     """
+    return store.isolated(_write_h5_here, path, fill)
+
+
+def _write_h5_here(path: Path, fill: Callable[[Any], Any]) -> Any:
     import h5py
 
     tmp = path.with_name(path.name + ".tmp")
     try:
         with h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=False) as f:
-            fill(f)
-        if durable:
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
+            result = fill(f)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
+        return result
     except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        tmp.unlink(missing_ok=True)
         raise
 
 
 def write_part(parts: Path, record: store.VideoRecord) -> None:
-    _write_h5(_part_path(parts, record.video_id),
-              lambda f: store.write_record(f.create_group(store.VIDEOS), record), durable=False)
+    """Store one finished video as its part file. The HDF5 file is built in memory and
+    written with plain file I/O, so a full disk is an ``OSError`` that leaves HDF5 intact.
+    No fsync: a killed process loses nothing that reached the page cache, and after a
+    machine crash a damaged part is found and redone when the run resumes (``_done_parts``)."""
+    import io
+
+    import h5py
+
+    buf = io.BytesIO()
+    with h5py.File(buf, "w", libver=("earliest", "v110"), track_order=False) as f:
+        store.write_record(f.create_group(store.VIDEOS), record)
+    _atomic_write_bytes(_part_path(parts, record.video_id), buf.getvalue(), durable=False)
 
 
 def _part_ok(path: Path) -> bool:
@@ -488,10 +510,8 @@ def _unpack_to_parts(final: Path, parts: Path, config: Mapping[str, Any]) -> Non
 
 def _assemble(final: Path, parts: Path, ok_ids: List[str], kind: str, config, index: int,
               count: int, failures, root_extra, assigned: Sequence[str]) -> int:
-    items = 0
-
-    def fill(f):
-        nonlocal items
+    def fill(f) -> int:
+        items = 0
         videos = f.create_group(store.VIDEOS)
         for vid in ok_ids:
             record = _read_part(_part_path(parts, vid))
@@ -501,12 +521,12 @@ def _assemble(final: Path, parts: Path, ok_ids: List[str], kind: str, config, in
         extra.update(num_videos=len(ok_ids), num_items=items,
                      failed=json.dumps(failures, sort_keys=True))
         store.write_root(f, kind, config, index, count, assigned, extra)
+        return items
 
     try:
-        _write_h5(final, fill)
+        return _write_h5(final, fill)
     except OSError as exc:
         raise _output_error(final, exc, "write") from exc
-    return items
 
 
 class _NoBar:

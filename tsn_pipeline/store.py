@@ -628,20 +628,38 @@ def describe_shard(path) -> Dict[str, Any]:
             "failed": len(failed) if isinstance(failed, list) else "unreadable"}
 
 
+def _errno_of(exc: BaseException) -> Optional[int]:
+    """The system error behind ``exc``: h5py raises OSError with ``errno`` set, or, when
+    closing a file whose writes failed, RuntimeError naming ``errno = N`` in its text."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            return seen.errno
+        found = re.search(r"errno = (\d+)", str(seen))
+        if found and int(found.group(1)):
+            return int(found.group(1))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _child(conn, fn, args):
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)          # HDF5/h5py noise about a damaged or failing file: not ours
     try:
-        conn.send((True, fn(*args)))
+        conn.send((True, fn(*args), None))
     except BaseException as exc:
-        conn.send((False, f"{type(exc).__name__}: {exc}"))
+        conn.send((False, _errno_of(exc), f"{type(exc).__name__}: {exc}"))
     finally:
         conn.close()
 
 
 def isolated(fn: Callable, *args) -> Any:
-    """``fn(*args)`` run in a forked child process; its exception comes back as ``StoreError``.
+    """``fn(*args)`` run in a forked child process, its result sent back.
 
-    The HDF5 library can crash (segmentation fault) on some damaged files; `tsn verify` and
-    `tsn info` read shards this way, so a damaged file is a clean error, never a crash.
+    A failure comes back as ``OSError`` (with the system's reason) when a system error is
+    behind it, else as ``StoreError``. The HDF5 library can crash on some damaged files and
+    cannot recover from failed writes (full disk): `tsn verify`, `tsn info` and the shard
+    writer use this, so those are clean errors, never a crash or a traceback.
     """
     import multiprocessing
 
@@ -651,16 +669,18 @@ def isolated(fn: Callable, *args) -> Any:
     proc.start()
     send.close()
     try:
-        ok, value = recv.recv()
+        ok, value, text = recv.recv()
     except EOFError:
-        ok, value = False, None
+        ok, value, text = False, None, None
     finally:
         recv.close()
         proc.join()
     if ok:
         return value
-    raise StoreError(value or f"the HDF5 library crashed reading the file (exit code "
-                              f"{proc.exitcode}): it is damaged")
+    if value is not None:
+        raise OSError(value, os.strerror(value))
+    raise StoreError(text or f"the HDF5 library crashed reading the file (exit code "
+                             f"{proc.exitcode}): it is damaged")
 
 
 def verify_shard(path) -> List[Dict[str, str]]:

@@ -27,7 +27,7 @@ def info(shards, as_json):
     for path in _shards(shards):
         try:   # in a child process: a damaged file can crash the HDF5 library
             d = isolated(describe_shard, path)
-        except StoreError as exc:
+        except (StoreError, OSError) as exc:
             raise click.ClickException(f"{path}: not a readable shard ({exc}); `tsn verify` "
                                        "says what is damaged") from exc
         if as_json:
@@ -54,7 +54,7 @@ def verify(shards):
     for path in _shards(shards):
         try:   # in a child process: a damaged file can crash the HDF5 library
             problems = isolated(verify_shard, path)
-        except StoreError as exc:
+        except (StoreError, OSError) as exc:
             problems = [{"video_id": "*", "reason": str(exc)}]
         for p in problems:
             click.echo(f"{path}: {p['video_id']}: {p['reason']}")
