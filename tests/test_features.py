@@ -156,3 +156,21 @@ def test_features_of_an_imagenet_backbone_without_checkpoint(tmp_path):
     assert res.exit_code == 2 and "--arch" in res.output
     res = invoke(["features", "--frames", str(frames), "--out", str(tmp_path / "g")])
     assert res.exit_code == 2 and "--pretrained" in res.output
+
+
+def test_features_without_shard_index_writes_every_shard(tmp_path):
+    """--num-shards 2 outside an array: both feature shards, shard i from frame shard i."""
+    model, cfg = tiny_model("rgb")
+    ckpt = save_checkpoint(tmp_path / "rgb.pt", model, cfg)
+    frames = write_frame_shards(tmp_path / "frames", num_shards=2)
+    res = invoke(["features", str(ckpt), "--frames", str(frames), "--out", str(tmp_path / "f"),
+                  "--num-snippets", "1", "--num-shards", "2", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    assert [(d["shard_index"], d["num_shards"], d["status"]) for d in lines] == [
+        (0, 2, "written"), (1, 2, "written")]
+    from tsn_pipeline import store
+
+    for i in range(2):
+        assert (store.open_shards(tmp_path / "f" / f"features-{i}-of-2.h5").ids
+                == store.open_shards(frames / f"frames-{i}-of-2.h5").ids)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import CLIPS, textured_frames
+from shards import flip_byte, payload_offset
 from tsn_pipeline import batch, store
 from tsn_pipeline.flow import read_flow, resolve_backend
 from tsn_pipeline.flow.opencv import BackendUnavailable, cuda_device_count
@@ -104,7 +105,7 @@ def test_step_two_and_too_short_video_is_a_recorded_failure(tmp_path, cli_runner
     out = tmp_path / "flow"
     result = cli_runner("flow", frames, "--out", out, "--backend", "torch", "--step", "2", *FAST)
     assert result.exit_code == 1
-    assert "1 video(s) failed" in result.output
+    assert "1 of 2 videos failed" in result.output
     (summary,) = summaries(result.output)
     assert summary["ok"] == 1 and summary["failed"] == 1
     failures = json.loads((out / "flow-0-of-1.failures.json").read_text())
@@ -126,19 +127,28 @@ def test_rerun_is_complete_and_other_settings_are_refused(moving, cli_runner, tm
     assert other.exit_code == 1 and "other settings" in other.output and "bound" in other.output
 
 
-def test_shard_selection_follows_the_frame_shards(tmp_path, cli_runner):
-    videos = {f"v{i}": textured_frames(3, 32, 40, seed=i, dx=1.0) for i in range(4)}
+def test_flow_writes_every_shard_and_shard_i_holds_frame_shard_i(tmp_path, cli_runner):
+    videos = {f"v{i}": textured_frames(3, 32, 40, seed=i, dx=1.0) for i in range(5)}
     for i in range(2):
         write_frames(tmp_path / "frames", videos, i, 2)
+    frame_ids = [store.open_shards(tmp_path / "frames" / f"frames-{i}-of-2.h5").ids for i in range(2)]
     out = tmp_path / "flow"
-    result = cli_runner("flow", tmp_path / "frames", "--out", out, "--backend", "opencv",
-                        "--shard-index", "1", "--num-shards", "2", *FAST)
-    assert result.exit_code == 0, result.output
+    args = ["flow", tmp_path / "frames", "--backend", "opencv", *FAST]
+    one = cli_runner(*args, "--out", out, "--shard-index", "1")    # count: the frames' 2
+    assert one.exit_code == 0, one.output
     assert sorted(p.name for p in out.glob("*.h5")) == ["flow-1-of-2.h5"]
-    assert store.open_shards(out).ids == ["v1", "v3"]
-    wrong = cli_runner("flow", tmp_path / "frames", "--out", out, "--backend", "opencv",
-                       "--shard-index", "1", "--num-shards", "3", *FAST)
-    assert wrong.exit_code == 1 and "same --num-shards" in wrong.output
+    assert store.open_shards(out / "flow-1-of-2.h5").ids == frame_ids[1]
+    every = cli_runner(*args, "--out", out)           # no --shard-index: every shard, resumed
+    assert every.exit_code == 0, every.output
+    assert [(s["shard_index"], s["status"]) for s in summaries(every.output)] == [
+        (0, "written"), (1, "complete")]
+    for i in range(2):
+        assert store.open_shards(out / f"flow-{i}-of-2.h5").ids == frame_ids[i]
+    # a frame shard missing: the flow shard that needs it is refused, naming it
+    (tmp_path / "frames" / "frames-0-of-2.h5").unlink()
+    missing = cli_runner(*args, "--out", tmp_path / "flow2", "--shard-index", "0")
+    assert missing.exit_code == 1 and "needs frame shard(s) [0] of 2" in missing.output
+    assert not (tmp_path / "flow2" / "flow-0-of-2.h5").exists()
 
 
 def test_real_clip_through_decode_and_flow(tmp_path, cli_runner):
@@ -182,3 +192,16 @@ def test_opencv_cuda_backend_matches_torch():
     a = compute_flow(gray[:-1], gray[1:], backend="opencv-cuda")["tvl1"]
     b = compute_flow(gray[:-1], gray[1:], backend="torch")["tvl1"]
     assert np.sqrt(((a - b) ** 2).sum(1)).mean() < 0.05
+
+
+def test_a_damaged_frame_video_fails_alone_naming_shard_and_video(moving, cli_runner, tmp_path):
+    """A payload byte flipped on disk: flow checks each video's checksum before reading it."""
+    frames, _ = moving
+    flip_byte(frames, payload_offset(frames, "vid_a", "rgb") + 100)
+    out = tmp_path / "flow"
+    result = cli_runner("flow", frames, "--out", out, "--backend", "opencv", *FAST)
+    assert result.exit_code == 1 and "1 of 2 videos failed" in result.output
+    (failure,) = json.loads((out / "flow-0-of-1.failures.json").read_text())
+    assert failure["video_id"] == "vid_a"
+    assert str(frames) in failure["reason"] and "'vid_a' is damaged" in failure["reason"]
+    assert store.open_shards(out).ids == ["vid_b"]

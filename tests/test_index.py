@@ -58,27 +58,30 @@ def test_index_finds_unfinished_runs_by_their_traces(tmp_path):
 
 def test_index_statuses_counts_and_resubmit(tmp_path, cli_runner):
     out = tmp_path / "frames"
-    for i in (0, 1, 3):
+    for i in (0, 1, 2):
         _shard(out, i, 5)
-    parts = out / ".frames-2-of-5.h5.parts"
+    parts = out / ".frames-3-of-5.h5.parts"
     parts.mkdir()
     batch.write_part(parts, _process(batch.Task("v02", "x")))
     idx = build_index(out, num_shards=6)            # shards of another array size: all missing
     assert idx.by_status("missing") == list(range(6)) and "other counts [5]" in idx.problems[0]
     idx = build_index(out)                          # count read from the names: 5
-    # v03 (shard 3 of 5: v03, v08) fails -> shard 3 "failed"; shard 4 never ran
+    # v03 (shard 2 of 5: v01, v03, v04, v07, v09) fails -> shard 2 "failed"; shard 3 (v02,
+    # v05) was killed after v02; shard 4 never ran
+    assert batch.assign_shard(IDS, 2, 5) == ["v01", "v03", "v04", "v07", "v09"]
+    assert batch.assign_shard(IDS, 3, 5) == ["v02", "v05"]
     assert {s.index: s.status for s in idx.shards} == {0: "complete", 1: "complete",
-                                                       2: "incomplete", 3: "failed", 4: "missing"}
+                                                       2: "failed", 3: "incomplete", 4: "missing"}
     assert idx.resubmit == [2, 3, 4]
     data = idx.to_json()
     assert data["resubmit"] == "2-4" and data["ok"] is False
-    assert data["failed_videos"] == [{"video_id": "v03", "shard": 3,
+    assert data["failed_videos"] == [{"video_id": "v03", "shard": 2,
                                       "reason": "/videos/v03.avi: not a readable video"}]
     assert data["counts"] == {"complete": 2, "failed": 1, "incomplete": 1, "missing": 1,
                               "unreadable": 0}
     # every stored video is indexed with its shard, length and label
-    assert sorted(data["videos"]) == ["v00", "v01", "v05", "v06", "v08"]
-    assert data["videos"]["v05"] == {"shard": "frames-0-of-5.h5", "length": 4, "label": 0}
+    assert sorted(data["videos"]) == ["v01", "v04", "v06", "v07", "v08", "v09"]
+    assert data["videos"]["v06"] == {"shard": "frames-0-of-5.h5", "length": 2, "label": 0}
     assert data["num_items"] == sum(v["length"] for v in data["videos"].values())
 
 

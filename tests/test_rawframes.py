@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import textured_frames
+from shards import flip_byte, frame_record, payload_offset, write_shards
 from tsn_pipeline import batch, store
 from tsn_pipeline.flow.quantize import quantize_flow
 from tsn_pipeline.flow.reader import read_flow
@@ -206,3 +207,18 @@ def test_image_size_reads_headers_like_opencv(shape, fmt):
     w, h, c = image_size(buf.tobytes())
     decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     assert (h, w) == decoded.shape[:2] and c == (decoded.shape[2] if decoded.ndim == 3 else 1)
+
+
+def test_export_refuses_a_damaged_video_and_writes_the_others(tmp_path, cli_runner):
+    records = {v: frame_record(v, textured_frames(3, 24, 32, seed=i), fmt="jpeg")
+               for i, v in enumerate(["good", "bad"])}
+    frames = write_shards(tmp_path / "frames", "frames", records)
+    shard = frames / "frames-0-of-1.h5"
+    flip_byte(shard, payload_offset(shard, "bad", "rgb") + 50)
+    out = tmp_path / "raw"
+    result = cli_runner("export-rawframes", "--frames", frames, "--out", out, "--no-progress")
+    assert result.exit_code == 1 and "1 of 2 videos failed" in result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    (failure,) = summary["failures"]
+    assert failure["video_id"] == "bad" and f"{shard}: video 'bad' is damaged" in failure["reason"]
+    assert sorted(p.name for p in out.iterdir()) == ["good"]

@@ -464,22 +464,23 @@ def test_a_broken_video_fails_alone(rgb_setup, tmp_path):
 
 
 def test_score_shard_i_reads_only_frame_shard_i_even_after_filtering(rgb_setup, tmp_path):
-    """Frame shards 2-of-2 hold [vid_a, vid_c] and [vid_b]; the test split is vid_b, vid_c.
-    Round-robin over the selection would send vid_b to score shard 0; instead score shard i
-    takes the selected videos of frame shard i, so an array task reads one input file."""
-    from tsn_pipeline.score import input_shard_videos
-
+    """One assignment rule (``batch.shard_of``): score shard i of 2 takes the selected videos
+    (test split: vid_b, vid_c) of frame shard i of 2, so an array task reads one input file;
+    without --shard-index every score shard is written."""
     frames = store.open_shards(rgb_setup["frames"])
-    assert input_shard_videos(frames, 0, 2) == {"vid_a", "vid_c"}
-    assert input_shard_videos(frames, 1, 3) == {"vid_b"}      # other count: round-robin
+    in_frames = {i: set(store.open_shards(rgb_setup["frames"] / f"frames-{i}-of-2.h5").ids)
+                 for i in range(2)}
+    res = run_cli(["score", str(rgb_setup["ckpt"]), "--frames", str(rgb_setup["frames"]),
+                   "--out", str(tmp_path / "s"), "--split", "test", "--num-shards", "2",
+                   "--num-snippets", "1", "--crops", "1", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert [json.loads(ln)["shard_index"] for ln in res.stdout.splitlines()
+            if '"stage"' in ln] == [0, 1]
     for i in range(2):
-        res = run_cli(["score", str(rgb_setup["ckpt"]), "--frames", str(rgb_setup["frames"]),
-                       "--out", str(tmp_path / "s"), "--split", "test", "--num-shards", "2",
-                       "--shard-index", str(i), "--num-snippets", "1", "--crops", "1",
-                       "--no-progress"])
-        assert res.exit_code == 0, res.output
-    assert store.open_shards(tmp_path / "s" / "scores-0-of-2.h5").ids == ["vid_c"]
-    assert store.open_shards(tmp_path / "s" / "scores-1-of-2.h5").ids == ["vid_b"]
+        ids = store.open_shards(tmp_path / "s" / f"scores-{i}-of-2.h5").ids
+        assert ids == sorted(in_frames[i] & {"vid_b", "vid_c"})
+        assert ids == batch.assign_shard(["vid_b", "vid_c"], i, 2)
+    assert len(frames) == 3
 
 
 def test_long_videos_are_read_in_chunks_with_the_same_result(rgb_setup, tmp_path):
@@ -550,3 +551,18 @@ def test_a_no_flip_checkpoint_is_tested_without_mirrored_crops(rgb_setup, tmp_pa
     res = run_cli(["score", str(ckpt), "--out", str(tmp_path / "bad"), "--crops", "10", *common])
     assert res.exit_code == 1 and "--no-flip" in res.output and "--crops 5" in res.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_damaged_video_is_a_recorded_failure(rgb_setup, tmp_path):
+    """A payload byte flipped on disk: score checks the video's checksum before reading it."""
+    from shards import flip_byte, payload_offset
+
+    frames = write_frame_shards(tmp_path / "frames")
+    shard = frames / "frames-0-of-1.h5"
+    flip_byte(shard, payload_offset(shard, "vid_b", "rgb") + 200)
+    res = run_cli(["score", str(rgb_setup["ckpt"]), "--frames", str(frames), "--out",
+                   str(tmp_path / "s"), "--num-snippets", "2", "--crops", "1", "--no-progress"])
+    assert res.exit_code == 1 and "1 of 3 videos failed" in res.output
+    (failure,) = json.loads((tmp_path / "s" / "scores-0-of-1.failures.json").read_text())
+    assert failure["video_id"] == "vid_b" and f"{shard}: video 'vid_b' is damaged" in failure["reason"]
+    assert list(read_scores(tmp_path / "s")[0]) == ["vid_a", "vid_c"]

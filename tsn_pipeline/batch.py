@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -34,9 +35,11 @@ import traceback
 import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence,
+                    Tuple)
 
 from . import store
+from .store import config_diff
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +122,23 @@ def resolve_shard(shard_index: Optional[int], num_shards: Optional[int],
     return shard_index, num_shards
 
 
-def assign_shard(video_ids: Sequence[str], index: int, count: int) -> List[str]:
-    """Videos of shard ``index`` of ``count``: round-robin over the sorted ids.
+def shard_of(video_id: str, num_shards: int) -> int:
+    """The shard a video belongs to: the first 8 bytes of the SHA-1 of its UTF-8 id, read as a
+    big-endian integer, modulo ``num_shards``.
 
-    Deterministic and independent of list order, so frame shard i and flow shard i (and any
-    rerun) hold the same videos. Example: ids a..e, 2 shards -> [a, c, e] and [b, d].
+    The one assignment rule of every per-video stage (decode, flow, score, features,
+    rawframes import/export). It depends on the id alone, so adding or removing a video
+    never moves another one, and shard i of every stage holds the same videos.
+    (A cryptographic hash spreads ids that differ in one character, such as ``..._c01`` and
+    ``..._c02``, evenly; CRC-32's low bits do not.) Example: ``shard_of("vid_a", 2) == 1``.
     """
-    return sorted(video_ids)[index::count]
+    digest = hashlib.sha1(video_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % int(num_shards)
+
+
+def assign_shard(video_ids: Iterable[str], index: int, count: int) -> List[str]:
+    """The ids among ``video_ids`` that belong to shard ``index`` of ``count``, sorted."""
+    return sorted({v for v in video_ids if shard_of(v, count) == index})
 
 
 def plan_shard(items: Sequence[Any], index: int, count: int,
@@ -157,42 +170,64 @@ def _part_path(parts: Path, video_id: str) -> Path:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode("utf-8"), durable=True)
+
+
+def _atomic_write_bytes(path: Path, data: bytes, durable: bool) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if durable:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def _write_h5(path: Path, fill: Callable[[Any], None], durable: bool = True) -> None:
-    """Create ``path`` via ``path.tmp`` + rename; on any error the tmp file is removed.
+def _write_h5(path: Path, fill: Callable[[Any], Any]) -> Any:
+    """Create ``path`` via ``path.tmp`` + fsync + rename; return ``fill(file)``'s result.
 
-    ``durable`` fsyncs before the rename (shards). Parts skip it: a killed process loses
-    nothing that reached the page cache, and after a machine crash a damaged part is found
-    and redone when the run resumes (``_done_parts``), so a sync per video is not worth it.
+    HDF5 cannot recover from a failed write: on a full disk (or past RLIMIT_FSIZE) its caches
+    stay dirty, every later close raises RuntimeError and the interpreter's exit can crash.
+    So the file is written in a forked child (``store.isolated``): a failure there removes
+    the tmp file and comes back as ``OSError`` with the system's reason, and this process
+    never holds a broken HDF5 file.
     """
+    return store.isolated(_write_h5_here, path, fill)
+
+
+def _write_h5_here(path: Path, fill: Callable[[Any], Any]) -> Any:
     import h5py
 
     tmp = path.with_name(path.name + ".tmp")
     try:
         with h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=False) as f:
-            fill(f)
-        if durable:
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
+            result = fill(f)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
+        return result
     except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        tmp.unlink(missing_ok=True)
         raise
 
 
 def write_part(parts: Path, record: store.VideoRecord) -> None:
-    _write_h5(_part_path(parts, record.video_id),
-              lambda f: store.write_record(f.create_group(store.VIDEOS), record), durable=False)
+    """Store one finished video as its part file. The HDF5 file is built in memory and
+    written with plain file I/O, so a full disk is an ``OSError`` that leaves HDF5 intact.
+    No fsync: a killed process loses nothing that reached the page cache, and after a
+    machine crash a damaged part is found and redone when the run resumes (``_done_parts``)."""
+    import io
+
+    import h5py
+
+    buf = io.BytesIO()
+    with h5py.File(buf, "w", libver=("earliest", "v110"), track_order=False) as f:
+        store.write_record(f.create_group(store.VIDEOS), record)
+    _atomic_write_bytes(_part_path(parts, record.video_id), buf.getvalue(), durable=False)
 
 
 def _part_ok(path: Path) -> bool:
@@ -202,7 +237,7 @@ def _part_ok(path: Path) -> bool:
     try:
         with h5py.File(path, "r") as f:
             (vid,) = list(f[store.VIDEOS].keys())
-            return "crc32" in f[store.VIDEOS][vid].attrs
+            return store.CHECKSUM in f[store.VIDEOS][vid].attrs
     except Exception:  # truncated or garbage after a machine crash: redo the video
         return False
 
@@ -294,21 +329,17 @@ class _Lock:
         self.fh.close()
 
 
-def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[str]:
-    keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
-
-
 def _normalise(config: Mapping[str, Any]) -> Dict[str, Any]:
     return json.loads(json.dumps(dict(config), sort_keys=True))
 
 
-def _read_shard_root(path: Path) -> Dict[str, Any]:
+def _read_shard_root(path: Path) -> Tuple[Dict[str, Any], List[str]]:
+    """(root attributes, assigned ids) of an existing shard."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            return store.read_attrs(f)
+            return store.read_attrs(f), store.read_assigned(f)
     except OSError as exc:
         raise StageError(f"{path} exists but cannot be read as HDF5 ({exc}); "
                          "remove it or rerun with --overwrite") from exc
@@ -338,6 +369,7 @@ def run_stage(*, kind: str, out_dir, shard_index: int, num_shards: int,
     parts = out_dir / f".{name}.parts"
     failures_file = out_dir / f"{kind}-{shard_index}-of-{num_shards}.failures.json"
     config = _normalise(config)
+    assigned = sorted({t.video_id for t in tasks} | {d["video_id"] for d in initial_failures})
     summary = Summary(stage=kind, shard=str(final), shard_index=shard_index,
                       num_shards=num_shards, status="written", videos=len(tasks) + len(initial_failures),
                       failures_file=str(failures_file))
@@ -351,8 +383,9 @@ def run_stage(*, kind: str, out_dir, shard_index: int, num_shards: int,
             final.unlink()
             shutil.rmtree(parts, ignore_errors=True)
         if final.exists():
-            root = _read_shard_root(final)
+            root, before = _read_shard_root(final)
             _check_compatible(final, root, config)
+            _check_assignment(final, before, assigned)
             previous = root.get("failed") or []
             # a run killed between the rename and its clean-up leaves these behind
             shutil.rmtree(parts, ignore_errors=True)
@@ -391,7 +424,7 @@ def run_stage(*, kind: str, out_dir, shard_index: int, num_shards: int,
         failures.sort(key=lambda d: d["video_id"])
         ok_ids = sorted(wanted & _done_parts(parts))
         summary.items = _assemble(final, parts, ok_ids, kind, config, shard_index, num_shards,
-                                  failures, root_extra)
+                                  failures, root_extra, assigned)
         try:
             atomic_write_text(failures_file, json.dumps(failures, indent=1, sort_keys=True) + "\n")
         except OSError as exc:
@@ -412,6 +445,19 @@ def _check_compatible(final: Path, root: Mapping[str, Any], config: Mapping[str,
     if diff:
         raise StageError(f"{final} was made with other settings ({'; '.join(diff[:6])}); "
                          "use another output folder or --overwrite")
+
+
+def _check_assignment(final: Path, before: Sequence[str], now: Sequence[str]) -> None:
+    """A finished shard was made for exactly the videos assigned to it now."""
+    added, removed = sorted(set(now) - set(before)), sorted(set(before) - set(now))
+    if added or removed:
+        def some(ids):
+            return ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+
+        what = "; ".join(x for x in (added and f"added: {some(added)}",
+                                      removed and f"removed: {some(removed)}") if x)
+        raise StageError(f"{final} was made for other videos than the input now assigns to "
+                         f"it ({what}); rerun with --overwrite to redo the shard")
 
 
 def _prepare_parts(parts: Path, config: Mapping[str, Any], overwrite: bool) -> None:
@@ -463,11 +509,9 @@ def _unpack_to_parts(final: Path, parts: Path, config: Mapping[str, Any]) -> Non
 
 
 def _assemble(final: Path, parts: Path, ok_ids: List[str], kind: str, config, index: int,
-              count: int, failures, root_extra) -> int:
-    items = 0
-
-    def fill(f):
-        nonlocal items
+              count: int, failures, root_extra, assigned: Sequence[str]) -> int:
+    def fill(f) -> int:
+        items = 0
         videos = f.create_group(store.VIDEOS)
         for vid in ok_ids:
             record = _read_part(_part_path(parts, vid))
@@ -476,14 +520,13 @@ def _assemble(final: Path, parts: Path, ok_ids: List[str], kind: str, config, in
         extra = dict(root_extra or {})
         extra.update(num_videos=len(ok_ids), num_items=items,
                      failed=json.dumps(failures, sort_keys=True))
-        for key, value in store.root_attrs(kind, config, index, count, extra).items():
-            f.attrs[key] = value
+        store.write_root(f, kind, config, index, count, assigned, extra)
+        return items
 
     try:
-        _write_h5(final, fill)
+        return _write_h5(final, fill)
     except OSError as exc:
         raise _output_error(final, exc, "write") from exc
-    return items
 
 
 class _NoBar:

@@ -453,15 +453,32 @@ class ExportConfig:
 @dataclass
 class ExportSummary:
     out: str
+    shard_index: int = 0
+    num_shards: int = 1
+    stage: str = "export"
     videos: int = 0
     written: int = 0
     skipped: int = 0                          # folders already complete
     files: int = 0
     list_file: Optional[str] = None
     failures: List[Dict[str, str]] = field(default_factory=list)
+    failures_file: Optional[str] = None       # export's failures are in this summary only
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
 
     def to_json(self):
         return asdict(self)
+
+
+def shard_list_path(list_file, shard_index: int, num_shards: int) -> Path:
+    """The list file of one shard: ``list.txt`` itself for one shard, else
+    ``list-<i>-of-<n>.txt`` (array tasks never write the same file)."""
+    path = Path(list_file)
+    if num_shards == 1:
+        return path
+    return path.with_name(f"{path.stem}-{shard_index}-of-{num_shards}{path.suffix}")
 
 
 def _video_dir(out: Path, vid: str, entry, cfg: ExportConfig) -> Path:
@@ -480,6 +497,9 @@ def export_video(frames, flow, vid: str, out: Path, cfg: ExportConfig) -> Tuple[
     count = frames[vid].length if frames is not None else flow[vid].length
     if final.is_dir() and not cfg.overwrite:        # renamed into place only when complete
         return "skipped", 0, count
+    for shards in (frames, flow):        # never write out damaged bytes
+        if shards is not None:
+            shards.check_video(vid)
     if final.exists():
         shutil.rmtree(final)
     tmp = final.with_name(f".{final.name}.tmp")
@@ -518,8 +538,9 @@ class _NoBar:
 def export_shards(frames_dir=None, flow_dir=None, out_dir=None, cfg: ExportConfig = ExportConfig(),
                   shard_index: int = 0, num_shards: int = 1, list_file=None,
                   progress: bool = False) -> ExportSummary:
-    """Export the videos of shard ``shard_index`` of ``num_shards`` (same assignment as the
-    stages) from frame and/or flow shards to ``out_dir``; write ``list_file`` if given."""
+    """Export the videos of shard ``shard_index`` of ``num_shards`` (``batch.assign_shard``,
+    as every stage) from frame and/or flow shards to ``out_dir``; write the shard's list file
+    (``shard_list_path(list_file, ...)``) if ``list_file`` is given."""
     if frames_dir is None and flow_dir is None:
         raise RawframesError("nothing to export: give frame shards and/or flow shards")
     frames = store.open_shards(frames_dir, "frames") if frames_dir else None
@@ -532,7 +553,8 @@ def export_shards(frames_dir=None, flow_dir=None, out_dir=None, cfg: ExportConfi
     ids = (frames or flow).ids
     mine = batch.assign_shard(ids, shard_index, num_shards)
     out = Path(out_dir)
-    summary = ExportSummary(out=str(out), videos=len(mine))
+    summary = ExportSummary(out=str(out), shard_index=shard_index, num_shards=num_shards,
+                            videos=len(mine))
     lines = []
     import click        # progress bar on stderr only
 
@@ -559,6 +581,7 @@ def export_shards(frames_dir=None, flow_dir=None, out_dir=None, cfg: ExportConfi
             if shards is not None:
                 shards.close()
     if list_file:
-        batch.atomic_write_text(Path(list_file), "".join(ln + "\n" for ln in lines))
-        summary.list_file = str(list_file)
+        path = shard_list_path(list_file, shard_index, num_shards)
+        batch.atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+        summary.list_file = str(path)
     return summary

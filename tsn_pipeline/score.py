@@ -315,6 +315,8 @@ class SnippetDataset:
         if err is not None:
             return task, part, parts, None, err
         try:
+            if part == 0:      # the whole video is checked once, before its first chunk
+                data.shard_set(self.sources, self.plan.modality).check_video(task.video_id)
             clip = data.load_clip(self.sources, task.video_id, self.plan.modality, idx)
             out = self.transform(clip, None)
             if self.plan.crops == 1:
@@ -453,31 +455,14 @@ def resolve_device(name: str):
 
 
 # -- selecting the videos of a shard --------------------------------------------------------
-def input_shard_videos(shards, shard_index: int, num_shards: int) -> set:
-    """Ids of the input videos that output shard ``shard_index`` of ``num_shards`` takes.
-
-    When the input is a complete set ``<kind>-0..n-1-of-n.h5`` with ``n == num_shards``,
-    output shard i takes exactly the videos of input shard i (one array task reads one file,
-    whatever failed or was filtered upstream). Otherwise the ids are dealt round-robin
-    (``batch.assign_shard``).
-    """
-    roots = shards.root
-    indices = sorted(int(r.get("shard_index", -1)) for r in roots.values())
-    if len(roots) == num_shards and indices == list(range(num_shards)) and all(
-            int(r.get("num_shards", -1)) == num_shards for r in roots.values()):
-        path = next(p for p, r in roots.items() if int(r["shard_index"]) == shard_index)
-        return {e.video_id for e in shards.entries() if e.shard == path}
-    return set(batch.assign_shard(shards.ids, shard_index, num_shards))
-
-
 def plan_tasks(shards, shard_index: int, num_shards: int, split: Optional[str] = None,
                video_list=None) -> Tuple[List[batch.Task], List[Dict[str, str]]]:
     """Tasks of one output shard, from the input shards' index (or a list), sorted by id.
 
     ``split`` keeps the videos whose ``split`` (list column or shard attribute) matches.
-    Which videos of the selection this shard takes: see ``input_shard_videos``. Videos of the
-    list missing from the input shards are failures (never silently skipped), dealt
-    round-robin so that exactly one shard reports each.
+    The shard takes the videos of the selection that ``batch.shard_of`` assigns to it (so
+    output shard i reads input shard i of the same count). Videos of the list missing from
+    the input shards are failures of their shard (never silently skipped).
     """
     if video_list is not None:
         items = [(it.video_id, int(it.label), it.class_name, it.split) for it in video_list.items]
@@ -493,12 +478,11 @@ def plan_tasks(shards, shard_index: int, num_shards: int, split: Optional[str] =
         where = "the list" if video_list is not None else f"the shards {shards.paths}"
         raise ValueError(f"no videos to process in {where}"
                          + (f" with split {split!r}" if split else ""))
-    mine = input_shard_videos(shards, shard_index, num_shards)
-    missing = batch.assign_shard([v for v in by_id if v not in shards], shard_index, num_shards)
+    mine = batch.assign_shard(by_id, shard_index, num_shards)
     failures = [{"video_id": v, "source": "", "reason": f"not in the input shards {shards.paths}"}
-                for v in missing]
+                for v in mine if v not in shards]
     tasks = []
-    for vid in sorted(v for v in by_id if v in mine):
+    for vid in (v for v in mine if v in shards):
         _, label, class_name, _ = by_id[vid]
         tasks.append(batch.Task(vid, shards[vid].shard, label, {"class_name": class_name}))
     return tasks, failures

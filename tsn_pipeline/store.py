@@ -3,7 +3,9 @@
 Every stage writes shards in this format (see docs/SCHEMA.md for the full layout):
 
     /                      attrs: schema_version, package_version, kind, config (JSON),
-                                  shard_index, num_shards, num_videos, failed (JSON list)
+                                  shard_index, num_shards, num_videos, failed (JSON list),
+                                  crc32 (root checksum: attrs, assigned ids, video list)
+    /assigned_ids          UTF-8 strings: the sorted ids assigned to this shard
     /videos/<video_id>     attrs: per-video metadata (num_frames, fps, label, ...), crc32
         <stream>           uint8 (total_bytes,)  JPEG/PNG payloads concatenated
         <stream>_offsets   int64 (n + 1,)        payload i is <stream>[off[i]:off[i+1]]
@@ -16,19 +18,24 @@ pickle an open handle, so a ``ShardSet`` can be handed to DataLoader workers.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from . import __version__
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
 VIDEOS = "videos"
+ASSIGNED = "assigned_ids"
+CHECKSUM = "crc32"
 OFFSETS_SUFFIX = "_offsets"
 KINDS = ("frames", "flow", "scores", "features")
 _MAX_ID_BYTES = 200
@@ -78,6 +85,12 @@ class VideoRecord:
             raise ValueError(f"names used both as stream and array: {sorted(clash)}")
 
 
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[str]:
+    """``["size: [340, 256] -> [64, 48]", ...]``: the keys whose values differ."""
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
 def _attr_value(value: Any) -> Any:
     """Map a Python value onto something h5py stores faithfully (lists/dicts as JSON)."""
     if isinstance(value, (dict, list, tuple)):
@@ -104,6 +117,10 @@ def _read_attr(value: Any) -> Any:
     return value
 
 
+def _as_dict(value: Any) -> Dict[str, Any]:
+    return value if isinstance(value, dict) else {} if value is None else {"value": value}
+
+
 def read_attrs(obj) -> Dict[str, Any]:
     """All attributes of an h5py object, JSON strings decoded."""
     return {k: _read_attr(v) for k, v in obj.attrs.items()}
@@ -116,13 +133,23 @@ def _pack(payloads: Sequence[bytes]):
     return buf, offsets
 
 
-def _record_checksum(datasets: Mapping[str, np.ndarray]) -> str:
-    crc = 0
+def _canonical(attrs: Mapping[str, Any]) -> bytes:
+    """Attributes as readers see them (``read_attrs``), serialised one way: sorted JSON."""
+    return json.dumps(attrs, sort_keys=True, ensure_ascii=False, default=repr).encode("utf-8")
+
+
+def _checksum(video_id: str, attrs: Mapping[str, Any], datasets: Mapping[str, np.ndarray],
+              dataset_attrs: Mapping[str, Mapping[str, Any]]) -> str:
+    """CRC-32 over a video's id, its attributes (but ``crc32``) and every dataset: name,
+    dtype, shape, bytes and the dataset's own attributes."""
+    crc = zlib.crc32(video_id.encode("utf-8"))
+    crc = zlib.crc32(_canonical({k: v for k, v in attrs.items() if k != CHECKSUM}), crc)
     for name in sorted(datasets):
         arr = np.ascontiguousarray(datasets[name])
         crc = zlib.crc32(name.encode("utf-8"), crc)
         crc = zlib.crc32(arr.dtype.str.encode() + repr(arr.shape).encode(), crc)
         crc = zlib.crc32(memoryview(arr).cast("B"), crc)
+        crc = zlib.crc32(_canonical(dataset_attrs.get(name, {})), crc)
     return f"{crc:08x}"
 
 
@@ -148,13 +175,15 @@ def write_record(parent, record: VideoRecord) -> None:
         group[name].attrs["count"] = len(record.streams[name])
     for key in sorted(record.attrs):
         group.attrs[key] = _attr_value(record.attrs[key])
-    group.attrs["crc32"] = _record_checksum(datasets)
+    # the attributes as they read back, so the checksum covers exactly what readers get
+    group.attrs[CHECKSUM] = _checksum(record.video_id, read_attrs(group), datasets,
+                                      {name: read_attrs(group[name]) for name in datasets})
 
 
 def read_record(group) -> VideoRecord:
     """Inverse of ``write_record``: load a whole video group into memory."""
     attrs = read_attrs(group)
-    attrs.pop("crc32", None)
+    attrs.pop(CHECKSUM, None)
     streams, arrays = {}, {}
     names = set(group.keys())
     for name in sorted(names):
@@ -171,26 +200,58 @@ def read_record(group) -> VideoRecord:
 
 
 def verify_group(group) -> Optional[str]:
-    """Return None when the group's datasets match its stored checksum, else the reason."""
+    """None when the group (id, attributes, datasets) matches its stored checksum, else why."""
     try:
+        video_id = group.name.rsplit("/", 1)[-1]
+        attrs = read_attrs(group)
         datasets = {name: group[name][()] for name in group.keys()}
-    except Exception as exc:  # h5py raises OSError/KeyError/RuntimeError on damaged files
-        return f"cannot read datasets: {exc}"
-    stored = group.attrs.get("crc32")
-    if stored is None:
-        return "no crc32 attribute"
-    stored = stored.decode() if isinstance(stored, bytes) else str(stored)
-    actual = _record_checksum(datasets)
-    if actual != stored:
+        dataset_attrs = {name: read_attrs(group[name]) for name in datasets}
+        stored = attrs.get(CHECKSUM)
+        if stored is None:
+            return "no crc32 attribute"
+        actual = _checksum(video_id, attrs, datasets, dataset_attrs)
+    except Exception as exc:  # h5py raises OSError/KeyError/RuntimeError/... on damaged files
+        return f"cannot read the video group: {type(exc).__name__}: {exc}"
+    if actual != str(stored):
         return f"checksum mismatch (stored {stored}, computed {actual})"
     for name in datasets:
         if name.endswith(OFFSETS_SUFFIX):
             base = name[: -len(OFFSETS_SUFFIX)]
             off = datasets[name]
-            if base in datasets and (off[0] != 0 or off[-1] != len(datasets[base])
+            if base in datasets and (len(off) == 0 or off[0] != 0 or off[-1] != len(datasets[base])
                                      or np.any(np.diff(off) < 0)):
                 return f"offsets of {base!r} do not cover its buffer"
     return None
+
+
+def read_assigned(f) -> List[str]:
+    """The ids a shard was assigned (stored and failed), sorted; [] if it records none."""
+    if ASSIGNED not in f:
+        return []
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in f[ASSIGNED][()]]
+
+
+def root_checksum(f) -> str:
+    """CRC-32 over a shard's root attributes (but ``crc32``), its assigned ids, the names
+    of its root objects and its video list (the names under ``/videos``)."""
+    crc = zlib.crc32(_canonical({k: v for k, v in read_attrs(f).items() if k != CHECKSUM}))
+    crc = zlib.crc32("\n".join(sorted(f.keys())).encode("utf-8"), crc)
+    crc = zlib.crc32("\n".join(read_assigned(f)).encode("utf-8"), crc)
+    crc = zlib.crc32("\n".join(sorted(f[VIDEOS].keys())).encode("utf-8"), crc)
+    return f"{crc:08x}"
+
+
+def write_root(f, kind: str, config: Mapping[str, Any], shard_index: int, num_shards: int,
+               assigned: Sequence[str], extra: Optional[Mapping[str, Any]] = None) -> None:
+    """Write a shard's root: attributes, assigned ids and, last, the root checksum
+    (``/videos`` must be complete)."""
+    import h5py
+
+    f.create_dataset(ASSIGNED, data=np.array(sorted(assigned), dtype=h5py.string_dtype()),
+                     track_times=False)
+    for key, value in root_attrs(kind, config, shard_index, num_shards, extra).items():
+        f.attrs[key] = value
+    f.attrs[CHECKSUM] = root_checksum(f)
 
 
 def root_attrs(kind: str, config: Mapping[str, Any], shard_index: int, num_shards: int,
@@ -310,6 +371,7 @@ class ShardSet:
                 with h5py.File(path, "r") as f:
                     attrs = read_attrs(f)
                     self._check_root(path, attrs)
+                    self._check_consistent(path, attrs)
                     kinds.add(attrs["kind"])
                     self.root[path] = attrs
                     for vid, group in f[VIDEOS].items():
@@ -323,10 +385,37 @@ class ShardSet:
                             int(vattrs.get("label", -1)), vattrs)
             except OSError as exc:
                 raise StoreError(f"{path}: cannot open as HDF5 ({exc})") from exc
-        if len(kinds) > 1:
-            raise StoreError(f"shards of different kinds mixed: {sorted(kinds)}")
         if self.kind is None and kinds:
             self.kind = kinds.pop()
+
+    def _check_consistent(self, path: str, b: Mapping[str, Any]):
+        """All shards of a set must agree on what changes their content: kind, schema and
+        stage config (size, encoding, flow kinds, bound, ...; for flow shards also the config
+        of the frames they came from); the shards of one folder also on their count."""
+        if not self.root:
+            return
+        first, a = next(iter(self.root.items()))
+        diff = [f"kind: {a.get('kind')!r} -> {b.get('kind')!r}"] if a.get("kind") != b.get("kind") else []
+        for key in ("config", "frames_config"):
+            diff += [f"{key} {d}" for d in config_diff(_as_dict(a.get(key)), _as_dict(b.get(key)))]
+        same_folder = [p for p in self.root if Path(p).parent == Path(path).parent]
+        for other in same_folder[:1]:
+            n, m = self.root[other].get("num_shards"), b.get("num_shards")
+            if n != m:
+                first = other
+                diff.append(f"num_shards: {n!r} -> {m!r}")
+        if diff:
+            raise StoreError(
+                f"shards {first} and {path} were made with different settings "
+                f"({'; '.join(diff[:6])}); one set must share them: re-create the odd "
+                "shards with the same settings (--overwrite) or read them separately")
+
+    def missing_shards(self) -> List[int]:
+        """Indices ``i`` of ``<kind>-<i>-of-<n>`` that the set lacks (by the shards' ``n``)."""
+        have: Dict[int, set] = {}
+        for attrs in self.root.values():
+            have.setdefault(int(attrs.get("num_shards", 1)), set()).add(int(attrs.get("shard_index", 0)))
+        return sorted({i for n, got in have.items() for i in range(n) if i not in got})
 
     def _check_root(self, path: str, attrs: Mapping[str, Any]):
         version = attrs.get("schema_version")
@@ -451,13 +540,36 @@ class ShardSet:
         payloads = self.read_encoded(video_id, stream, indices)
         return np.stack([decode_image(p, color=False) for p in payloads])
 
+    def check_video(self, video_id: str) -> None:
+        """Raise ``StoreError`` naming shard and video unless the video's id, attributes and
+        data match its checksum. Stages that read a whole video call it first."""
+        reason = verify_group(self._group(video_id))
+        if reason is not None:
+            raise StoreError(f"{self[video_id].shard}: video {video_id!r} is damaged ({reason}); "
+                             "`tsn verify` checks the whole shard; re-create it")
+
     def read_array(self, video_id: str, name: str, index=()) -> np.ndarray:
         return self._group(video_id)[name][index]
 
 
 def open_shards(paths, kind: Optional[str] = None) -> ShardSet:
-    """Index the shards at ``paths`` (files or folders). See ``ShardSet``."""
-    return ShardSet(paths, kind)
+    """Index the shards at ``paths`` (files or folders). See ``ShardSet``.
+
+    Reading only some of the ``n`` shards of a set is allowed (a file given on purpose, an
+    array job still running) but logged as a warning naming the missing ones.
+    """
+    shards = ShardSet(paths, kind)
+    missing = shards.missing_shards()
+    if missing:
+        given = [str(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+        files = any(Path(p).is_file() for p in given)
+        counts = sorted({int(r.get("num_shards", 1)) for r in shards.root.values()})
+        log.warning("reading %d of the %s %s shards of %s: shard(s) %s %s", len(shards.paths),
+                    "/".join(map(str, counts)), shards.kind, ", ".join(given),
+                    ",".join(map(str, missing)),
+                    "are not among the files given (reading those files only, as asked)"
+                    if files else "are missing from the folder")
+    return shards
 
 
 def decode_image(payload: bytes, color: bool = True) -> np.ndarray:
@@ -491,54 +603,146 @@ def encode_image(img: np.ndarray, fmt: str = "jpeg", quality: int = 95) -> bytes
 
 
 def describe_shard(path) -> Dict[str, Any]:
-    """Summary of one shard: root attributes plus per-video entries (for `tsn info`)."""
+    """Summary of one shard (for `tsn info`): root attributes, per-video entries, and
+    ``items`` counted in the shard's unit (``unit``: frames, flow fields or snippets)."""
     import h5py
 
     with h5py.File(path, "r") as f:
         attrs = read_attrs(f)
+        kind = str(attrs.get("kind"))
         videos = []
         total_bytes = 0
+        items = 0
         for vid, group in f[VIDEOS].items():
             vattrs = read_attrs(group)
             nbytes = sum(group[n].id.get_storage_size() for n in group.keys())
             total_bytes += nbytes
             entry = {"video_id": vid, "shard": str(path), "label": vattrs.get("label", -1),
                      "bytes": int(nbytes)}
-            entry.update({k: v for k, v in vattrs.items() if k not in entry and k != "crc32"})
+            entry.update({k: v for k, v in vattrs.items() if k not in entry and k != CHECKSUM})
             videos.append(entry)
-    return {"path": str(path), "attrs": attrs, "videos": videos, "bytes": total_bytes}
+            items += item_count(kind, vattrs)
+        failed = attrs.get("failed") or []
+    return {"path": str(path), "attrs": attrs, "videos": videos, "bytes": total_bytes,
+            "items": items, "unit": {"frames": "frames", "flow": "flow fields"}.get(kind, "snippets"),
+            "failed": len(failed) if isinstance(failed, list) else "unreadable"}
+
+
+def _errno_of(exc: BaseException) -> Optional[int]:
+    """The system error behind ``exc``: h5py raises OSError with ``errno`` set, or, when
+    closing a file whose writes failed, RuntimeError naming ``errno = N`` in its text."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            return seen.errno
+        found = re.search(r"errno = (\d+)", str(seen))
+        if found and int(found.group(1)):
+            return int(found.group(1))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _child(conn, fn, args):
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)          # HDF5/h5py noise about a damaged or failing file: not ours
+    try:
+        conn.send((True, fn(*args), None))
+    except BaseException as exc:
+        conn.send((False, _errno_of(exc), f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def isolated(fn: Callable, *args) -> Any:
+    """``fn(*args)`` run in a forked child process, its result sent back.
+
+    A failure comes back as ``OSError`` (with the system's reason) when a system error is
+    behind it, else as ``StoreError``. The HDF5 library can crash on some damaged files and
+    cannot recover from failed writes (full disk): `tsn verify`, `tsn info` and the shard
+    writer use this, so those are clean errors, never a crash or a traceback.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(send, fn, args))
+    proc.start()
+    send.close()
+    try:
+        ok, value, text = recv.recv()
+    except EOFError:
+        ok, value, text = False, None, None
+    finally:
+        recv.close()
+        proc.join()
+    if ok:
+        return value
+    if value is not None:
+        raise OSError(value, os.strerror(value))
+    raise StoreError(text or f"the HDF5 library crashed reading the file (exit code "
+                             f"{proc.exitcode}): it is damaged")
 
 
 def verify_shard(path) -> List[Dict[str, str]]:
-    """Every video whose payload does not match its checksum (or cannot be read/decoded)."""
+    """Every problem of a shard: ``{"video_id": id or "*" for the shard, "reason": ...}``.
+
+    Checks the schema version; the root checksum (root attributes and config, assigned ids,
+    video list); that ``num_videos`` counts the groups and the assigned ids are exactly the
+    stored plus the failed ones; and per video its checksum (id, attributes, datasets) and
+    that every image decodes. Never raises for a damaged file.
+    """
     import h5py
 
-    problems: List[Dict[str, str]] = []
     try:
         f = h5py.File(path, "r")
-    except OSError as exc:
+    except Exception as exc:
         return [{"video_id": "*", "reason": f"cannot open: {exc}"}]
     with f:
         try:
             attrs = read_attrs(f)
             if attrs.get("schema_version") != SCHEMA_VERSION:
-                problems.append({"video_id": "*", "reason":
-                                 f"schema version {attrs.get('schema_version')!r} != {SCHEMA_VERSION}"})
-            names = list(f[VIDEOS].keys())
+                return [{"video_id": "*", "reason": f"schema version "
+                         f"{attrs.get('schema_version')!r}, this tsn-pipeline reads version "
+                         f"{SCHEMA_VERSION}; re-create the shard"}]
+            names = sorted(f[VIDEOS].keys())
+            root = _verify_root(f, attrs, names)
         except Exception as exc:
-            return [{"video_id": "*", "reason": f"cannot read index: {exc}"}]
+            return [{"video_id": "*", "reason": f"cannot read the shard's root: "
+                     f"{type(exc).__name__}: {exc}"}]
+        problems = [{"video_id": "*", "reason": r} for r in root]
         for vid in names:
             try:
                 group = f[VIDEOS][vid]
+                reason = verify_group(group) or _decode_all(group)
             except Exception as exc:
-                problems.append({"video_id": vid, "reason": f"cannot open group: {exc}"})
-                continue
-            reason = verify_group(group)
-            if reason is None:
-                reason = _decode_all(group)
+                reason = f"cannot read the video group: {type(exc).__name__}: {exc}"
             if reason is not None:
                 problems.append({"video_id": vid, "reason": reason})
     return problems
+
+
+def _verify_root(f, attrs: Mapping[str, Any], names: Sequence[str]) -> List[str]:
+    reasons = []
+    stored = attrs.get(CHECKSUM)
+    actual = root_checksum(f)
+    if stored != actual:
+        reasons.append(f"root checksum mismatch (stored {stored}, computed {actual}): root "
+                       "attributes, config, assigned ids or the video list changed")
+    if attrs.get("num_videos") != len(names):
+        reasons.append(f"num_videos is {attrs.get('num_videos')!r} but {len(names)} video "
+                       "groups are present")
+    failed = attrs.get("failed")
+    failed_ids = ({d.get("video_id") for d in failed if isinstance(d, dict)}
+                  if isinstance(failed, list) else set())
+    if not isinstance(failed, list):
+        reasons.append(f"the failed attribute is not a JSON list: {str(failed)[:80]!r}")
+    assigned = set(read_assigned(f))
+    if assigned != set(names) | failed_ids:
+        extra = sorted((set(names) | failed_ids) - assigned)
+        lost = sorted(assigned - set(names) - failed_ids)
+        reasons.append(f"assigned ids differ from the stored and failed ones (not assigned: "
+                       f"{extra[:5]}, assigned but neither stored nor failed: {lost[:5]})")
+    return reasons
 
 
 def _decode_all(group) -> Optional[str]:

@@ -48,7 +48,7 @@ def test_odd_file_names_are_stored_under_safe_ids(tmp_path):
     assert {r["video_id"] for r in rows} == set(ids)
     with h5py.File(out / "frames-0-of-1.h5", "r") as f:   # every id is a direct child of /videos
         assert sorted(f["videos"].keys()) == sorted(ids)
-        assert set(f.keys()) == {"videos"}
+        assert set(f.keys()) == {"videos", "assigned_ids"}
 
 
 def test_ids_that_could_escape_their_group_are_refused(tmp_path):
@@ -173,6 +173,7 @@ def test_full_disk_names_the_path_and_leaves_no_shard(tmp_path, small_fs):
                    "--encoder", "opencv", "--quality", "100", "--no-progress")
     assert proc.returncode == 1
     assert "No space left on device" in proc.stderr and str(fs / "out") in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
     assert not list((fs / "out").glob("*.h5")) and not list((fs / "out").glob("*.h5.tmp"))
 
 
@@ -184,24 +185,31 @@ def test_read_only_output_folder_is_a_clear_error(tmp_path, small_fs):
     assert "Read-only file system" in proc.stderr and str(fs / "out") in proc.stderr
 
 
-def test_write_error_via_file_size_limit(tmp_path):
-    """The same failure path without mount privileges: writes past RLIMIT_FSIZE fail (EFBIG)."""
+@pytest.mark.parametrize("limit,where", [(60_000, ".frames-0-of-1.h5.parts"),
+                                         (600_000, "frames-0-of-1.h5")])
+def test_write_error_via_file_size_limit(tmp_path, limit, where):
+    """The same failure path without mount privileges: writes past RLIMIT_FSIZE fail (EFBIG).
+    At 60 kB a video's part cannot be written; at 600 kB every part is (about 365 kB each)
+    but the shard is not, where h5py raises RuntimeError and used to crash on exit: both
+    are one clean line naming the path, exit 1."""
     import resource
 
     _make_videos(tmp_path / "v", 4, frames=30, size=(128, 96))
 
-    def limit():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+    def limit_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     out = tmp_path / "out"
     proc = run_tsn("decode", tmp_path / "v", "--out", out, "--size", "original", "--encoder",
-                   "opencv", "--quality", "100", "--no-progress", preexec_fn=limit)
+                   "opencv", "--quality", "100", "--no-progress", preexec_fn=limit_size)
     assert proc.returncode == 1
-    assert "File too large" in proc.stderr and str(out) in proc.stderr
+    assert proc.stderr.splitlines() == [f"Error: cannot write {'to ' if 'parts' in where else ''}"
+                                        f"{out / where}: File too large"]
     assert not list(out.glob("*.h5")) and not list(out.glob("*.h5.tmp"))
     rerun = run_tsn("decode", tmp_path / "v", "--out", out, "--size", "original", "--encoder",
                     "opencv", "--quality", "100", "--no-progress", check=0)
     assert _summary(rerun)["ok"] == 4      # space is back: the run finishes what it had
+    assert run_tsn("verify", out, check=0).stdout.endswith("ok\n")
 
 
 def test_old_schema_and_other_settings_are_refused(tmp_path):
@@ -241,7 +249,7 @@ def test_flow_records_too_short_videos_and_resumes_identically_after_kills(tmp_p
     args = ["flow", tmp_path / "frames", "--backend", "opencv", "--kind", "both", "--workers",
             "2", "--no-progress"]
     whole = run_tsn(*args, "--out", tmp_path / "whole")
-    assert whole.returncode == 1 and "1 video(s) failed" in whole.stderr, whole.stderr
+    assert whole.returncode == 1 and "1 of 7 videos failed" in whole.stderr, whole.stderr
     reason = _failures(tmp_path / "whole", "flow")["single"]
     assert "single" in reason or "frame" in reason
     out = tmp_path / "killed"

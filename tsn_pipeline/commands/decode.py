@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .options import report, resolve_shard_or_fail, run_options, shard_options, stage_errors
+from .options import run_options, run_shards, select_shards, shard_options, stage_errors
 
 
 def _parse_size(ctx, param, value):
@@ -49,13 +49,15 @@ def decode(source, out_dir, size, short_side, fps, encoder, qscale, quality, int
     """Decode videos to JPEG frames in HDF5 shards.
 
     SOURCE is a folder of videos (recursive; first-level folders are classes) or a CSV list
-    (video_id,path[,label][,class_name][,split]). Prints a JSON summary; exits 1 if any video
-    failed (reasons in <out>/frames-<i>-of-<n>.failures.json), the others are stored.
+    (video_id,path[,label][,class_name][,split]). Writes shard --shard-index of --num-shards
+    (in a SLURM array: the task's shard), or every shard. Prints one JSON summary line per
+    shard; exits 1 if any video failed (reasons in <out>/frames-<i>-of-<n>.failures.json),
+    the others are stored.
     """
     from ..decode import DecodeConfig, run_decode
     from ..videolist import VideoListError, load_video_list
 
-    index, count = resolve_shard_or_fail(shard_index, num_shards)
+    indices, count = select_shards(shard_index, num_shards)
     try:
         cfg = DecodeConfig(size=None if short_side else size, short_side=short_side, fps=fps,
                            encoder=encoder, qscale=qscale, quality=quality, interpolation=interpolation, strict=strict)
@@ -67,6 +69,5 @@ def decode(source, out_dir, size, short_side, fps, encoder, qscale, quality, int
         raise click.ClickException(str(exc)) from exc
     if not len(videos):
         raise click.ClickException(f"{source}: no videos" + (f" of split {split!r}" if split else ""))
-    summary = run_decode(videos, out_dir, cfg, index, count, workers, overwrite, retry_failed,
-                         progress)
-    report(summary)
+    run_shards(indices, lambda index: run_decode(videos, out_dir, cfg, index, count, workers,
+                                                 overwrite, retry_failed, progress))

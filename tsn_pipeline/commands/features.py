@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .options import report, resolve_shard_or_fail, run_options, shard_options, stage_errors
+from .options import run_options, run_shards, select_shards, shard_options, stage_errors
 from .score import input_options, open_inputs
 
 
@@ -54,8 +54,8 @@ def features(checkpoint, out_dir, stride, num_snippets, crops, scale_size, dtype
     ImageNet-initialised backbone (no TSN training).
 
     Per video: features (snippets, dim) and frame_indices (snippets,), the 0-based first
-    frame (flow: first field) of each snippet. Prints the JSON summary; exits 1 if any video
-    failed (reasons in <out>/features-<i>-of-<n>.failures.json).
+    frame (flow: first field) of each snippet. Prints one JSON summary line per shard; exits 1
+    if any video failed (reasons in <out>/features-<i>-of-<n>.failures.json).
     """
     from ..data import DataError
     from ..features import FeaturesConfig, run_features
@@ -86,7 +86,7 @@ def features(checkpoint, out_dir, stride, num_snippets, crops, scale_size, dtype
                                        input_size=input_size or 224)
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from exc
-    index, count = resolve_shard_or_fail(shard_index, num_shards)
+    indices, count = select_shards(shard_index, num_shards)
     try:
         cfg = FeaturesConfig(stride=stride, num_snippets=num_snippets, crops=int(crops),
                              scale_size=scale_size, dtype=dtype, amp=amp)
@@ -94,9 +94,8 @@ def features(checkpoint, out_dir, stride, num_snippets, crops, scale_size, dtype
         raise click.BadParameter(str(exc)) from exc
     sources, videos = open_inputs(frames_dir, flow_dir, list_file)
     try:
-        summary = run_features(checkpoint, sources, out_dir, cfg, index, count, split, videos,
-                               batch_size, device, workers, overwrite, retry_failed, progress,
-                               model_config=model_config)
+        run_shards(indices, lambda index: run_features(
+            checkpoint, sources, out_dir, cfg, index, count, split, videos, batch_size, device,
+            workers, overwrite, retry_failed, progress, model_config=model_config))
     except (DataError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
-    report(summary)

@@ -1,50 +1,14 @@
 """`tsn flow`: frame shards -> TV-L1 / warped TV-L1 flow shards (see tsn_pipeline.flow)."""
 from __future__ import annotations
 
-import json
-import os
-
 import click
 
-from .options import run_options, shard_options, stage_errors
-
-# option name -> TVL1Params field, for the TV-L1 settings
-_TVL1_OPTIONS = {"tau": "tau", "lambda_": "lambda_", "theta": "theta", "nscales": "nscales",
-                 "warps": "warps", "epsilon": "epsilon", "iterations": "iterations",
-                 "scale_step": "scale_step", "interp": "interp", "median": "median",
-                 "check_every": "check_every"}
-
-
-def _select_shards(paths, shard_index, num_shards):
-    """Frame shards to process: all given, or those of shard ``shard_index`` (explicit or
-    from the SLURM array variables)."""
-    from ..batch import resolve_shard
-    from ..flow.stage import frame_shard_position
-    from ..store import expand_shard_paths
-
-    files = [str(p) for p in expand_shard_paths(paths, kind="frames")]
-    slurm = "SLURM_ARRAY_TASK_ID" in os.environ
-    if shard_index is None and num_shards is None and not slurm:
-        return files
-    try:
-        index, count = resolve_shard(shard_index, num_shards)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--shard-index/--num-shards") from exc
-    positions = {f: frame_shard_position(f) for f in files}
-    chosen = [f for f, (i, n) in positions.items() if i == index
-              and (num_shards is None and not slurm or n == count)]
-    if not chosen:
-        have = sorted({f"{i}/{n}" for i, n in positions.values()})
-        raise click.ClickException(
-            f"no frame shard {index}/{count} among the inputs (they are {', '.join(have)}); "
-            "flow shard i is made from frame shard i: pass the same --num-shards as decode")
-    return chosen
-
+from .options import run_options, run_shards, select_shards, shard_options, stage_errors
 
 @click.command()
 @click.argument("frames", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder for flow-<i>-of-<n>.h5 shards (one per frame shard).")
+              help="Folder for flow-<i>-of-<n>.h5 shards (flow shard i from frame shard i).")
 @click.option("--kind", type=click.Choice(["tvl1", "warped", "both"]), default="tvl1",
               show_default=True, help="TV-L1 flow, warped TV-L1 flow (camera motion removed), or both.")
 @click.option("--step", type=click.IntRange(min=1), default=1, show_default=True,
@@ -96,17 +60,19 @@ def flow(frames, out_dir, kind, step, bound, encoding, quality, backend, device,
          workers, overwrite, retry_failed, progress):
     """TV-L1 (and warped TV-L1) optical flow from frame shards into flow shards.
 
-    FRAMES are frame shards or folders of them (from `tsn decode`); frame shard i gives
-    flow shard i with the same video ids, N-STEP flow fields per video. Without
-    --shard-index (and outside a SLURM array) every given shard is processed. Prints one JSON
-    summary per shard; exits 1 if any video failed (reasons in <out>/flow-<i>-of-<n>.failures.json).
+    FRAMES are frame shards or folders of them (from `tsn decode`); flow shard i of N holds
+    the videos of frame shard i of N (one assignment rule), N-STEP flow fields per video.
+    --num-shards defaults to the frame shards' count. Without --shard-index (and outside a
+    SLURM array) every shard 0..N-1 is written. Prints one JSON summary line per shard;
+    exits 1 if any video failed (reasons in <out>/flow-<i>-of-<n>.failures.json).
     """
     import dataclasses
 
     from ..flow import backend_params, resolve_backend
     from ..flow.opencv import BackendUnavailable
-    from ..flow.stage import FlowConfig, run_flow
+    from ..flow.stage import FlowConfig, frame_set_count, run_flow
     from ..flow.warp import WarpParams
+    from ..store import open_shards
 
     try:
         backend_name, dev = resolve_backend(backend, None if device == "auto" else device, compile)
@@ -134,16 +100,12 @@ def flow(frames, out_dir, kind, step, bound, encoding, quality, backend, device,
         raise click.BadParameter(str(exc)) from exc
     if batch_size is None:
         batch_size = 128 if dev.startswith("cuda") else 8
-    failed = []
-    for shard in _select_shards(frames, shard_index, num_shards):
-        summary = run_flow(shard, out_dir, cfg, device=dev, compile=compile and backend_name == "torch",
-                           batch_size=batch_size, workers=workers, overwrite=overwrite,
-                           retry_failed=retry_failed, progress=progress)
-        click.echo(json.dumps(summary.to_json(), sort_keys=True))
-        if summary.failed:
-            failed.append(summary)
-    if failed:
-        n = sum(s.failed for s in failed)
-        raise click.ClickException(
-            f"{n} video(s) failed in {len(failed)} flow shard(s); reasons in "
-            + ", ".join(str(s.failures_file) for s in failed))
+
+    frame_set = open_shards(frames, kind="frames")
+    if num_shards is None:          # flow shard i from frame shard i, also in arrays
+        num_shards = frame_set_count(frame_set)
+    indices, count = select_shards(shard_index, num_shards)
+    run_shards(indices, lambda index: run_flow(
+        frame_set, out_dir, cfg, index, count, device=dev,
+        compile=compile and backend_name == "torch", batch_size=batch_size, workers=workers,
+        overwrite=overwrite, retry_failed=retry_failed, progress=progress))

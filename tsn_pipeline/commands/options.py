@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
-from typing import Callable, Optional
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import click
 
@@ -13,13 +14,13 @@ import click
 
 
 def shard_options(f: Callable) -> Callable:
-    """--shard-index/--num-shards; default from SLURM_ARRAY_TASK_ID/_COUNT, else 0 of 1."""
+    """--shard-index/--num-shards: which shards this process writes (see ``select_shards``)."""
     f = click.option("--num-shards", type=click.IntRange(min=1), default=None,
-                     help="Number of shards the video list is split into [default: "
+                     help="Number of shards the videos are split into [default: "
                           "SLURM_ARRAY_TASK_COUNT for an array 0..N-1, else 1].")(f)
     f = click.option("--shard-index", type=click.IntRange(min=0), default=None,
-                     help="Which shard this process writes, 0-based "
-                          "[default: SLURM_ARRAY_TASK_ID, else 0].")(f)
+                     help="Which shard this process writes, 0-based [default: "
+                          "SLURM_ARRAY_TASK_ID; outside an array every shard 0..N-1].")(f)
     return f
 
 
@@ -36,22 +37,50 @@ def run_options(f: Callable) -> Callable:
     return f
 
 
-def resolve_shard_or_fail(shard_index: Optional[int], num_shards: Optional[int]):
+def select_shards(shard_index: Optional[int], num_shards: Optional[int],
+                  default_count: int = 1) -> Tuple[List[int], int]:
+    """(shard indices this process writes, number of shards).
+
+    Inside a SLURM array (``SLURM_ARRAY_TASK_ID`` set) or with ``--shard-index``: that one
+    shard (``batch.resolve_shard``'s rules). Otherwise every shard ``0..N-1``, N being
+    ``--num-shards`` or ``default_count`` (1, or for flow the frame shards' count).
+    """
     from ..batch import resolve_shard
 
+    in_array = "SLURM_ARRAY_TASK_ID" in os.environ
     try:
-        return resolve_shard(shard_index, num_shards)
+        if shard_index is None and not in_array:
+            count = default_count if num_shards is None else num_shards
+            return list(range(count)), count
+        if num_shards is None and not in_array:
+            num_shards = default_count
+        index, count = resolve_shard(shard_index, num_shards)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--shard-index/--num-shards") from exc
+    return [index], count
 
 
 def report(summary) -> None:
-    """Print the JSON summary on stdout; exit 1 (ClickException) when any video failed."""
+    """Print one shard's JSON summary as one line on stdout."""
     click.echo(json.dumps(summary.to_json(), sort_keys=True))
-    if summary.failed:
-        raise click.ClickException(
-            f"{summary.failed} of {summary.videos} videos failed in {summary.stage} shard "
-            f"{summary.shard_index}/{summary.num_shards}; reasons in {summary.failures_file}")
+
+
+def run_shards(indices: Sequence[int], run_one: Callable[[int], Any]) -> None:
+    """``run_one(i)`` for every shard index (each prints its summary line); then exit 1
+    (ClickException) naming the shards where any video failed."""
+    failed = []
+    for index in indices:
+        summary = run_one(index)
+        report(summary)
+        if summary.failed:
+            failed.append(summary)
+    if failed:
+        n, total = sum(s.failed for s in failed), sum(s.videos for s in failed)
+        where = ", ".join(f"{s.shard_index}/{s.num_shards}" for s in failed)
+        files = ", ".join(str(s.failures_file) for s in failed if s.failures_file)
+        raise click.ClickException(f"{n} of {total} videos failed in {failed[0].stage} "
+                                   f"shard(s) {where}; reasons in "
+                                   f"{files or 'the JSON summary above'}")
 
 
 def stage_errors(fn: Callable) -> Callable:

@@ -1,11 +1,9 @@
 """`tsn import-rawframes` / `tsn export-rawframes`: dense_flow-style image folders <-> shards."""
 from __future__ import annotations
 
-import json
-
 import click
 
-from .options import report, resolve_shard_or_fail, run_options, shard_options, stage_errors
+from .options import run_options, run_shards, select_shards, shard_options, stage_errors
 
 
 @click.command("import-rawframes")
@@ -53,7 +51,8 @@ def import_rawframes(src, frames_out, flow_out, list_file, flow_kind, warped_src
     (or SRC/<class>/<video_id>/...; numbering from 0 or 1, detected per video)
 
     Frame shard i and flow shard i hold the same videos as `tsn decode` / `tsn flow` would
-    write. Prints one JSON summary per shard written; exits 1 if any video failed.
+    write. Without --shard-index (outside a SLURM array) every shard 0..N-1 is written.
+    Prints one JSON summary line per shard written; exits 1 if any video failed.
     """
     from ..rawframes import (ImportConfig, RawframesError, find_video_dirs, items_from_list,
                              run_import)
@@ -61,7 +60,7 @@ def import_rawframes(src, frames_out, flow_out, list_file, flow_kind, warped_src
 
     if not frames_out and not flow_out:
         raise click.UsageError("give --frames-out and/or --flow-out")
-    index, count = resolve_shard_or_fail(shard_index, num_shards)
+    indices, count = select_shards(shard_index, num_shards)
     start = None if start_index == "auto" else int(start_index)
     try:
         if list_file:
@@ -86,18 +85,11 @@ def import_rawframes(src, frames_out, flow_out, list_file, flow_kind, warped_src
                 bound=bound, encoding=encoding, fps=fps, verify=verify)))
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    failed = []
-    for out, cfg in jobs:
-        summary = run_import(items, classes, out, cfg, index, count, src_root=src,
-                             warped_root=warped_src,
-                             workers=workers, overwrite=overwrite, retry_failed=retry_failed,
-                             progress=progress)
-        try:
-            report(summary)
-        except click.ClickException as exc:
-            failed.append(exc.message)
-    if failed:
-        raise click.ClickException("; ".join(failed))
+    run_shards([(out, cfg, i) for out, cfg in jobs for i in indices],
+               lambda job: run_import(items, classes, job[0], job[1], job[2], count, src_root=src,
+                                      warped_root=warped_src, workers=workers,
+                                      overwrite=overwrite, retry_failed=retry_failed,
+                                      progress=progress))
 
 
 @click.command("export-rawframes")
@@ -129,11 +121,15 @@ def export_rawframes(frames_dir, flow_dir, out_dir, flow_kind, start_index, digi
     """Write shards out as dense_flow / mmaction2 rawframes folders (bytes copied as stored).
 
     Each video folder is written as .<id>.tmp and renamed when complete, so a rerun skips
-    finished videos. With --shard-index/--num-shards only that shard's videos are written.
+    finished videos. With --shard-index/--num-shards (or in a SLURM array) only that shard's
+    videos are written, else every shard's; a video is in shard `batch.shard_of(id, N)`, as
+    in every stage. With N > 1 the --list-out file is one per shard, named
+    <stem>-<i>-of-<n><suffix>. Prints one JSON summary line per shard; exits 1 if any video
+    could not be exported.
     """
     from ..rawframes import ExportConfig, RawframesError, export_shards
 
-    index, count = resolve_shard_or_fail(shard_index, num_shards)
+    indices, count = select_shards(shard_index, num_shards)
     try:
         cfg = ExportConfig(start_index=start_index, digits=digits, rgb_prefix=rgb_prefix,
                            flow_x_prefix=flow_x_prefix, flow_y_prefix=flow_y_prefix,
@@ -141,11 +137,7 @@ def export_rawframes(frames_dir, flow_dir, out_dir, flow_kind, start_index, digi
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     try:
-        summary = export_shards(frames_dir, flow_dir, out_dir, cfg, index, count, list_out,
-                                progress)
+        run_shards(indices, lambda index: export_shards(frames_dir, flow_dir, out_dir, cfg, index,
+                                                        count, list_out, progress))
     except RawframesError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(json.dumps(summary.to_json(), sort_keys=True))
-    if summary.failures:
-        raise click.ClickException(f"{len(summary.failures)} of {summary.videos} videos could not "
-                                   f"be exported: {summary.failures[0]['reason']}")

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from .options import report, resolve_shard_or_fail, run_options, shard_options, stage_errors
+from .options import run_options, run_shards, select_shards, shard_options, stage_errors
 
 
 def input_options(f):
@@ -80,29 +80,33 @@ def score(checkpoint, out_dir, num_snippets, crops, crop_agg, scale_size, save_c
     tsn score runs/flow/checkpoint.pt --flow out/flow --out out/scores-flow --crops 1
 
     Writes per-snippet class scores (before softmax) per video. Prints the video-level
-    top-1 / top-5 / mean class accuracy of the shard as JSON, then the batch summary; exits
+    top-1 / top-5 / mean class accuracy of each shard as JSON, then its batch summary; exits
     1 if any video failed (reasons in <out>/scores-<i>-of-<n>.failures.json). --workers
     processes read and crop the snippets while the model runs.
     """
     from ..data import DataError
     from ..score import ScoreConfig, run_score, shard_accuracy
 
-    index, count = resolve_shard_or_fail(shard_index, num_shards)
+    indices, count = select_shards(shard_index, num_shards)
     try:
         cfg = ScoreConfig(num_snippets=num_snippets, crops=int(crops) if crops else None, crop_agg=crop_agg,
                           scale_size=scale_size, save_crops=save_crops, amp=amp)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     sources, videos = open_inputs(frames_dir, flow_dir, list_file)
-    try:
+
+    def run_one(index):
         summary = run_score(checkpoint, sources, out_dir, cfg, index, count, split, videos,
                             batch_size, device, workers, overwrite, retry_failed, progress)
+        if summary.ok:
+            try:
+                acc = shard_accuracy(summary.shard)
+            except ValueError as exc:     # labels outside the model's classes: say so, go on
+                acc = {"error": str(exc)}
+            click.echo(json.dumps({"accuracy": acc, "shard": summary.shard}, sort_keys=True))
+        return summary
+
+    try:
+        run_shards(indices, run_one)
     except (DataError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
-    if summary.ok:
-        try:
-            acc = shard_accuracy(summary.shard)
-        except ValueError as exc:     # labels outside the model's classes: say so, go on
-            acc = {"error": str(exc)}
-        click.echo(json.dumps({"accuracy": acc, "shard": summary.shard}, sort_keys=True))
-    report(summary)

@@ -115,6 +115,10 @@ def load_gray(task: batch.Task, threaded: bool = False) -> Tuple[np.ndarray, Dic
 
     shards = _frame_shards(task.source)
     entry = shards[task.video_id]
+    try:
+        shards.check_video(task.video_id)
+    except store.StoreError as exc:
+        raise batch.VideoFailure(str(exc)) from exc
     n = entry.length
     if n == 0:
         return np.zeros((0, 0, 0), np.uint8), dict(entry.attrs)
@@ -277,40 +281,43 @@ def batch_videos(tasks: Sequence[batch.Task], cfg: FlowConfig, device: str = "cp
 
 
 # -- planning and running a shard --------------------------------------------------------
-def frame_shard_tasks(frame_shard: str) -> List[batch.Task]:
-    shards = _frame_shards(str(frame_shard))
-    return [batch.Task(e.video_id, str(frame_shard), e.label,
-                       {"class_name": e.attrs.get("class_name", ""), "split": e.attrs.get("split", "")})
-            for e in shards.entries()]
+def frame_set_count(frames: store.ShardSet) -> int:
+    """The number of shards the frame set was written as (flow's default --num-shards)."""
+    counts = {int(r.get("num_shards", 1)) for r in frames.root.values()}
+    if len(counts) != 1:
+        raise batch.StageError(f"frame shards of different counts {sorted(counts)} given "
+                               f"({', '.join(frames.paths)}); pass --num-shards")
+    return counts.pop()
 
 
-def frame_shard_position(frame_shard: str) -> Tuple[int, int]:
-    """(i, n) of a frame shard: its root attributes (the name as a fallback)."""
-    shards = _frame_shards(str(frame_shard))
-    root = shards.root.get(str(frame_shard), {})
-    if "shard_index" in root and "num_shards" in root:
-        return int(root["shard_index"]), int(root["num_shards"])
-    parsed = store.parse_shard_name(str(frame_shard).rsplit("/", 1)[-1])
-    if parsed:
-        return parsed[1], parsed[2]
-    return 0, 1
+def plan_flow(frames: store.ShardSet, shard_index: int, num_shards: int) -> List[batch.Task]:
+    """Tasks of flow shard ``shard_index`` of ``num_shards``: the stored videos of the frame
+    set that ``batch.shard_of`` assigns to it (frame shard i of the same count holds them)."""
+    missing = frames.missing_shards()
+    if missing and (frame_set_count(frames) != num_shards or shard_index in missing):
+        raise batch.StageError(
+            f"flow shard {shard_index}/{num_shards} needs frame shard(s) {missing} of "
+            f"{frame_set_count(frames)}, which are not among the inputs "
+            f"({', '.join(frames.paths)}); decode them first")
+    return [batch.Task(vid, frames[vid].shard, frames[vid].label,
+                       {"class_name": frames[vid].attrs.get("class_name", ""),
+                        "split": frames[vid].attrs.get("split", "")})
+            for vid in batch.assign_shard(frames.ids, shard_index, num_shards)]
 
 
-def run_flow(frame_shard: str, out_dir, cfg: FlowConfig, device: str = "cpu",
-             compile: bool = False, batch_size: int = 64, workers: int = 1,
-             overwrite: bool = False, retry_failed: bool = False,
-             progress: bool = True) -> batch.Summary:
-    """Make flow shard i of n from frame shard i of n."""
-    index, count = frame_shard_position(frame_shard)
-    shards = _frame_shards(str(frame_shard))
-    root = shards.root.get(str(frame_shard), {})
+def run_flow(frames: store.ShardSet, out_dir, cfg: FlowConfig, shard_index: int = 0,
+             num_shards: int = 1, device: str = "cpu", compile: bool = False,
+             batch_size: int = 64, workers: int = 1, overwrite: bool = False,
+             retry_failed: bool = False, progress: bool = True) -> batch.Summary:
+    """Make flow shard ``shard_index`` of ``num_shards`` from the frame shard set ``frames``."""
+    root = next(iter(frames.root.values()), {})
     extra = {"frames_config": store._attr_value(root.get("config") or {}),
              "runtime": store._attr_value({"device": device, "compile": bool(compile),
                                            "batch_size": batch_size, "workers": workers})}
     if "classes" in root:
         extra["classes"] = store._attr_value(list(root["classes"]))
-    tasks = frame_shard_tasks(frame_shard)
-    common = dict(kind="flow", out_dir=out_dir, shard_index=index, num_shards=count,
+    tasks = plan_flow(frames, shard_index, num_shards)
+    common = dict(kind="flow", out_dir=out_dir, shard_index=shard_index, num_shards=num_shards,
                   config=cfg.to_dict(), tasks=tasks, overwrite=overwrite,
                   retry_failed=retry_failed, progress=progress, root_extra=extra)
     if cfg.backend == "torch":
