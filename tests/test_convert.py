@@ -231,8 +231,9 @@ MODALITY = {"RGB": "rgb", "Flow": "flow", "RGBDiff": "rgbdiff"}
                                            ("resnet18", "RGBDiff"), ("BNInception", "RGB"),
                                            ("BNInception", "Flow"), ("BNInception", "RGBDiff")])
 def test_tsn_pytorch_checkpoint_gives_the_reference_logits(arch, modality, tmp_path):
-    size = 224 if arch == "BNInception" else 64   # BN-Inception's 7x7 global pool needs 224
-    k, classes = 2, 7
+    bn = arch == "BNInception"
+    size = 224 if bn else 64              # the reference BN-Inception's 7x7 global pool needs 224
+    k, classes = (1 if bn else 2), 7      # consensus over segments: checked on the ResNets
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     ours_modality = MODALITY[modality]
@@ -477,8 +478,9 @@ def ref_test_script(net, modality, num_items, test_segments, test_crops, load):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("modality,crops", [("Flow", 10), ("RGBDiff", 1)])
-def test_converted_bninception_scores_as_the_reference_test_script(modality, crops, tmp_path):
+@pytest.mark.parametrize("modality,snippets,crops", [("Flow", 1, 10), ("RGBDiff", 2, 1)])
+def test_converted_bninception_scores_as_the_reference_test_script(modality, snippets, crops,
+                                                                   tmp_path):
     torch.manual_seed(3)
     net = RefTSN("BNInception", modality, CLASSES, 1)
     if modality == "Flow":
@@ -502,9 +504,30 @@ def test_converted_bninception_scores_as_the_reference_test_script(modality, cro
     assert res.exit_code == 0, res.output
     opt = "--flow" if modality == "Flow" else "--frames"
     res = run("score", tmp_path / "ours.pt", opt, src, "--out", tmp_path / "scores",
-              "--num-snippets", 2, "--crops", crops, "--no-progress")
+              "--num-snippets", snippets, "--crops", crops, "--no-progress")
     assert res.exit_code == 0, res.output
     ours = store.open_shards(tmp_path / "scores", kind="scores").read_array("vid", "scores")
-    want = ref_test_script(net.eval(), modality, len(items), 2, crops, load)
+    want = ref_test_script(net.eval(), modality, len(items), snippets, crops, load)
     assert np.abs(want).max() > 0.1
     np.testing.assert_allclose(ours, want, rtol=1e-5, atol=1e-5)
+
+
+def test_converted_bninception_file_trains(tmp_path):
+    """The user's path: `tsn convert` the ImageNet file, then `tsn train --pretrained` with it.
+    Under partial BN the later BNs are frozen, so they still hold the converted numbers."""
+    torch.manual_seed(4)
+    sd = {k: v for k, v in RefBNInception().state_dict().items()
+          if not k.endswith("num_batches_tracked")}
+    sd["inception_5b_1x1_bn.running_mean"] = torch.randn(352)
+    torch.save(sd, tmp_path / "bn_inception.pth")
+    assert run("convert", tmp_path / "bn_inception.pth", tmp_path / "bn.pth").exit_code == 0
+    frames = _write_shards(tmp_path / "frames", "frames")
+    res = run("train", "--frames", frames, "--split", "test", "--modality", "rgb", "--arch",
+              "bninception", "--pretrained", tmp_path / "bn.pth", "--input-size", 64,
+              "--iterations", 1, "--batch-size", 1, "--workers", 0, "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert json.loads(ckpt["model_config"])["pretrained"] == str(tmp_path / "bn.pth")
+    assert torch.equal(ckpt["model"]["base.inception5b.branch1.bn.running_mean"],
+                       sd["inception_5b_1x1_bn.running_mean"])
+    assert ckpt["model"]["base.inception5b.branch1.conv.bias"].shape == (352,)
