@@ -138,7 +138,7 @@ def detect(obj: Mapping[str, Any]) -> str:
     keys = [k[len("module."):] if k.startswith("module.") else k for k in sd]
     if any(k.startswith("base_model.") for k in keys):
         return "tsn-pytorch"
-    if any(k.startswith("backbone.") for k in keys) and any(k.startswith("cls_head.") for k in keys):
+    if {k.split(".")[0] for k in keys} >= {"backbone", "cls_head"}:
         return "mmaction2"
     if "conv1_7x7_s2.weight" in keys:
         return "bninception-imagenet"
@@ -183,8 +183,9 @@ def _modality_of(channels: int, opts: Options, what: str) -> Tuple[str, int]:
         modality, new_length = opts.modality, channels // base
     else:
         guesses = {3: ("rgb", 1), 10: ("flow", 5), 15: ("rgbdiff", 5)}
-        if channels in guesses and not (opts.new_length and opts.new_length != guesses[channels][1]):
-            modality, new_length = guesses[channels]
+        guess = guesses.get(channels)
+        if guess and opts.new_length in (None, guess[1]):
+            modality, new_length = guess
         elif channels % 2 and channels % 3 == 0:
             modality, new_length = "rgbdiff", channels // 3
         elif channels % 3 and channels % 2 == 0:
@@ -259,7 +260,7 @@ def convert_mmaction2(ckpt: Mapping[str, Any], opts: Options, what: str
     bottleneck = any(".conv3.conv.weight" in k for k in sd)
     depth = {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50",
              (True, 23): "resnet101"}.get((bottleneck, len(blocks)))
-    if depth is None or "backbone.conv1.conv.weight" not in sd or "cls_head.fc_cls.weight" not in sd:
+    if depth is None or not {"backbone.conv1.conv.weight", "cls_head.fc_cls.weight"} <= set(sd):
         raise ConvertError(f"{what}: not an mmaction2 ResNet-18/34/50/101 TSN (layer3 has "
                            f"{len(blocks)} blocks)")
     cfg = _model_config(depth, sd["backbone.conv1.conv.weight"].shape[1],
@@ -306,5 +307,6 @@ def convert_file(src, out, opts: Options = Options()) -> Dict[str, Any]:
                        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
                        "model_config": json.dumps(cfg.to_dict(), sort_keys=True),
                        "train_config": json.dumps(source, sort_keys=True)}, out)
+    shards = "--flow" if cfg.modality in ("flow", "warped") else "--frames"
     return {"layout": layout, "out": str(out), "model_config": cfg.to_dict(), "source": source,
-            "use": f"tsn score {out} --{'flow' if cfg.modality in ('flow', 'warped') else 'frames'} ..."}
+            "use": f"tsn score {out} {shards} ..."}

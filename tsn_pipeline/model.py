@@ -20,7 +20,8 @@ Writes nothing itself.
   checkpoint says how its input must be prepared (like timm's pretrained config). Inputs are
   RGB for every backbone: BN-Inception's Caffe weights, which expect BGR, have their first
   conv's input channels reversed by ``tsn convert`` (the same logits as BGR input).
-* ``param_groups`` gives TSN's lr / weight-decay multipliers (TSN_NOTES.md).
+* ``param_groups`` gives TSN's lr / weight-decay multipliers (tsn-pytorch's
+  ``get_optim_policies``).
 
 Shapes: ``TSN.forward(x)`` takes ``(B, K, C, H, W)`` and returns ``(B, num_classes)``, the
 consensus of the K snippet scores before softmax. ``C`` is ``3`` for RGB, ``2 * new_length``
@@ -89,10 +90,11 @@ class ModelConfig:
     (1 RGB, 5 otherwise), ``dropout`` (0.8 RGB/RGB-diff, 0.7 flow), ``mean``/``std``.
     ``pretrained`` records the local ImageNet state dict the run started from (never
     downloaded; ``load_weights`` reads it, the constructor does not); ``cross_modality_init``
-    adapts its first conv to non-RGB input. ``channels_last`` runs the backbone in NHWC. ``partial_bn`` freezes
-    every BatchNorm after the first; ``freeze_bn`` freezes all of them (statistics and affine
-    parameters), so that a sample's output does not depend on the rest of its batch (used
-    to check DDP against one process on CPU, where PyTorch has no SyncBatchNorm).
+    adapts its first conv to non-RGB input. ``channels_last`` runs the backbone in NHWC.
+    ``partial_bn`` freezes every BatchNorm after the first; ``freeze_bn`` freezes all of them
+    (statistics and affine parameters), so that a sample's output does not depend on the rest
+    of its batch (used to check DDP against one process on CPU, where PyTorch has no
+    SyncBatchNorm).
     """
 
     arch: str = "resnet50"
@@ -525,7 +527,8 @@ class TSN(nn.Module):
 
     # -- optimisation ---------------------------------------------------------------------
     def param_groups(self) -> List[Dict[str, Any]]:
-        """TSN's parameter groups with ``lr_mult`` / ``decay_mult`` (TSN_NOTES.md).
+        """TSN's parameter groups with ``lr_mult`` / ``decay_mult`` (tsn-pytorch's
+        ``get_optim_policies``).
 
         first conv weight 5/1 for flow and warped (1/1 otherwise), first conv bias 10/0 for
         flow (2/0 otherwise), other conv/linear weights 1/1, other biases 2/0, BN parameters
