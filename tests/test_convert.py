@@ -523,6 +523,8 @@ def test_converted_bninception_file_trains(tmp_path):
     sd = {k: v for k, v in RefBNInception().state_dict().items()
           if not k.endswith("num_batches_tracked")}
     sd["inception_5b_1x1_bn.running_mean"] = torch.randn(352)
+    # Cadene's pretrainedmodels copy of the same file names the classifier last_linear
+    sd["last_linear.weight"], sd["last_linear.bias"] = sd.pop("fc.weight"), sd.pop("fc.bias")
     torch.save(sd, tmp_path / "bn_inception.pth")
     assert run("convert", tmp_path / "bn_inception.pth", tmp_path / "bn.pth").exit_code == 0
     frames = _write_shards(tmp_path / "frames", "frames")

@@ -8,7 +8,8 @@ recognised by its keys (``detect``):
 * ``bninception-imagenet``: tsn-pytorch's ImageNet BN-Inception (``bn_inception-*.pth``,
   loaded by its ``tf_model_zoo.BNInception``; converted from the Caffe model), keys named
   after the Caffe layers (``conv1_7x7_s2.weight``, ``inception_3a_double_3x3_1_bn.running_var``,
-  ``fc.weight``) -> our BN-Inception backbone names (``BNINCEPTION_NAMES``), classifier dropped.
+  ``fc.weight``; Cadene's ``pretrainedmodels`` copy names its classifier ``last_linear``)
+  -> our BN-Inception backbone names (``bninception_name``), classifier dropped.
 * ``tsn-pytorch``: a training checkpoint of tsn-pytorch's ``main.py``,
   ``{'epoch', 'arch', 'state_dict', 'best_prec1'}`` with DataParallel keys
   ``module.base_model.<backbone key>`` and ``module.new_fc.{weight,bias}`` (or
@@ -166,7 +167,7 @@ def convert_bninception_imagenet(state: Mapping[str, torch.Tensor], what: str
     """tsn-pytorch's ImageNet BN-Inception -> our backbone state dict (RGB first conv, no
     classifier): a ``--pretrained`` file for ``tsn train --arch bninception``."""
     own = build_backbone("bninception").state_dict()
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "last_linear."))}
     out = _rename(state, own, bninception_name, what, "BN-Inception (tf_model_zoo layout)")
     out["conv1.conv.weight"] = bgr_to_rgb_first_conv(out["conv1.conv.weight"])
     check_keys(own, out, what, "BN-Inception")

@@ -419,7 +419,7 @@ def load_weights(model: "TSN", weights, name: Optional[str] = None) -> Dict[str,
     * a whole TSN (``base.*`` and ``fc.*``: ``tsn train`` checkpoints, ``tsn convert``
       output): loaded as is;
     * an ImageNet backbone (torchvision ResNet names, or BN-Inception in this project's names
-      as ``tsn convert imagenet`` writes it): the ImageNet classifier (``fc.*``) is dropped,
+      as ``tsn convert`` writes it): the ImageNet classifier (``fc.*``) is dropped,
       the new classifier keeps its initialisation, and a 3-channel first conv is adapted to
       flow / RGB difference input with ``cross_modality_init`` (if the config allows it).
 
