@@ -556,7 +556,7 @@ def _train(cfg: TrainConfig, model_kwargs, out: Path, d: Dist, ckpt_path: Path, 
         if json.loads(ckpt["model_config"]) != mcfg.to_dict():
             raise TrainError(f"{ckpt_path}: model settings differ from this run's; resume with "
                              "the same options")
-        model.load_state_dict(ckpt["model"])
+        load_weights(model, ckpt["model"], name=str(ckpt_path))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
