@@ -21,6 +21,7 @@ COMMANDS = {
     "score": ("score", "score"),
     "fuse": ("fuse", "fuse"),
     "features": ("features", "features"),
+    "convert": ("convert", "convert"),
     "make-list": ("datasets", "make_list"),
     "index": ("index", "index"),
     "import-rawframes": ("rawframes", "import_rawframes"),

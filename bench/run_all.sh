@@ -9,4 +9,5 @@ $PY bench/flow.py
 $PY bench/train.py
 $PY bench/score.py --arch resnet18
 $PY bench/rawframes.py
+$PY bench/fidelity.py
 $PY bench/demo.py

@@ -102,10 +102,8 @@ def bench_model(arch: str, batch: int, segments: int, steps: int, input_size: in
     from tsn_pipeline.model import ModelConfig, build_model
 
     model = build_model(ModelConfig(arch=arch, modality="rgb", num_classes=101,
-                                    num_segments=segments, input_size=input_size)).to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-        model.channels_last = True
+                                    num_segments=segments, input_size=input_size,
+                                    channels_last=channels_last)).to(device)
     opt = torch.optim.SGD([{"params": g["params"], "lr": 0.001 * g["lr_mult"]}
                            for g in model.param_groups()], lr=0.001, momentum=0.9)
     x = torch.randn(batch, segments, 3, input_size, input_size, device=device)

@@ -124,7 +124,7 @@ def test_features_of_an_imagenet_backbone_without_checkpoint(tmp_path):
     weights) loaded into the backbone; features equal the backbone's own output."""
     import torch
 
-    from tsn_pipeline.model import ModelConfig, build_model, build_backbone
+    from tsn_pipeline.model import ModelConfig, build_backbone, build_model, load_weights
 
     torch.manual_seed(3)
     torch.save(build_backbone("resnet10").state_dict(), tmp_path / "r10.pth")
@@ -141,7 +141,9 @@ def test_features_of_an_imagenet_backbone_without_checkpoint(tmp_path):
         idx = f["videos"]["vid_b"]["frame_indices"][()]
     mcfg = ModelConfig(arch="resnet10", num_classes=1, input_size=S_IN,
                        pretrained=str(tmp_path / "r10.pth"))
-    model = build_model(mcfg).eval()
+    model = build_model(mcfg)
+    load_weights(model, mcfg.pretrained)
+    model.eval()
     fr = frames_of(12, 0)[idx][:, 2:2 + S_IN, 8:8 + S_IN]      # seed 0: first video written
     x = (fr.astype(np.float32) / 255 - np.array(mcfg.mean, np.float32)) / np.array(mcfg.std,
                                                                                  np.float32)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tsn_pipeline.model import (ARCHS, ModelConfig, build_model, cross_modality_init,
-                                load_checkpoint)
+                                load_checkpoint, load_weights)
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +43,11 @@ def test_config_defaults_and_validation():
     assert (flow.new_length, flow.dropout, flow.input_channels) == (5, 0.7, 10)
     assert (diff.input_channels, diff.backbone_channels) == (18, 15)
     assert flow.mean == (0.5, 0.5) and len(rgb.std) == 3
+    # tsn-pytorch trains RGB difference on raw values (main.py: IdentityTransform instead of
+    # GroupNormalize): 0..1 for ResNets, 0..255 for BN-Inception
+    assert (diff.mean, diff.std) == ((0.0,) * 3, (1.0,) * 3)
+    bn_diff = ModelConfig(arch="bninception", modality="rgbdiff")
+    assert (bn_diff.mean, bn_diff.std) == ((0.0,) * 3, (1 / 255,) * 3)
     assert ModelConfig.from_dict(json.loads(json.dumps(flow.to_dict()))) == flow
     with pytest.raises(ValueError, match="avg, max"):
         tiny(consensus="identity")
@@ -128,6 +133,13 @@ def test_param_groups_count_every_parameter_once(arch, modality, partial):
     assert id(m.fc.weight) in groups["normal_weight"][0] and id(m.fc.bias) in groups["normal_bias"][0]
     n_bn = len(m.batchnorms())
     assert len(groups["bn"][0]) == (2 if partial else 2 * n_bn)
+    if arch == "bninception":
+        # tsn-pytorch's get_optim_policies on BN-Inception: 69 conv weights, 69 conv biases
+        # (the first in first_conv_bias, lr x2 or x10 for flow, no decay), the first BN's 2
+        # tensors under partial BN and the classifier's 2: 142 tensors
+        assert groups["first_conv_bias"] == ([id(first.bias)], 10.0 if flow else 2.0, 0.0)
+        assert len(groups["normal_bias"][0]) == 68 + 1 and len(groups["normal_weight"][0]) == 68 + 1
+        assert len(ids) == (142 if partial else 142 - 2 + 2 * n_bn)
 
 
 def test_bninception_forward_shapes_and_torchvision_style_names():
@@ -152,27 +164,32 @@ def test_pretrained_torchvision_state_dict_lands_in_the_model(tmp_path):
     torch.manual_seed(0)
     ref = torchvision.models.resnet18(weights=None)
     path = tmp_path / "r18.pth"
-    torch.save(ref.state_dict(), path)
     sd = ref.state_dict()
-    rgb = build_model(ModelConfig(arch="resnet18", modality="rgb", num_classes=3,
-                                  pretrained=str(path)))
+    # files saved before PyTorch 0.4.1 (torchvision's first ResNets) have no num_batches_tracked
+    torch.save({k: v for k, v in sd.items() if "num_batches_tracked" not in k}, path)
+    def built(**kw):
+        cfg = ModelConfig(arch=kw.pop("arch", "resnet18"), num_classes=3, pretrained=str(path), **kw)
+        model = build_model(cfg)             # reads nothing ...
+        return model, load_weights(model, cfg.pretrained)    # ... the one loader does
+
+    rgb, report = built(modality="rgb")
+    assert report["cross_modality_init"] is False
     assert torch.equal(rgb.base.conv1.weight, sd["conv1.weight"])
     assert torch.equal(rgb.base.layer3[1].conv2.weight, sd["layer3.1.conv2.weight"])
     assert torch.equal(rgb.base.layer4[0].bn1.running_var, sd["layer4.0.bn1.running_var"])
-    flow = build_model(ModelConfig(arch="resnet18", modality="flow", num_classes=3,
-                                   pretrained=str(path)))
-    assert flow.pretrained_report["cross_modality_init"] is True
+    flow, report = built(modality="flow")
+    assert report["cross_modality_init"] is True
     torch.testing.assert_close(flow.base.conv1.weight, cross_modality_init(sd["conv1.weight"], 10))
     assert torch.equal(flow.base.layer2[0].conv1.weight, sd["layer2.0.conv1.weight"])
+    # constructing never touches the file: a missing one fails only when loaded
+    model = build_model(ModelConfig(arch="resnet18", modality="rgb", num_classes=3,
+                                    pretrained=str(tmp_path / "missing.pth")))
     with pytest.raises(FileNotFoundError, match="never downloads"):
-        build_model(ModelConfig(arch="resnet18", modality="rgb", num_classes=3,
-                                pretrained=str(tmp_path / "missing.pth")))
-    with pytest.raises(ValueError, match="does not fit"):
-        build_model(ModelConfig(arch="resnet34", modality="rgb", num_classes=3,
-                                pretrained=str(path)))
+        load_weights(model, model.cfg.pretrained)
+    with pytest.raises(ValueError, match=r"does not fit .*\(resnet34\): missing 80 \['layer1.2.bn1.bias'"):
+        built(arch="resnet34", modality="rgb")
     with pytest.raises(ValueError, match="cross-modality"):
-        build_model(ModelConfig(arch="resnet18", modality="flow", num_classes=3,
-                                pretrained=str(path), cross_modality_init=False))
+        built(modality="flow", cross_modality_init=False)
 
 
 def test_load_checkpoint_roundtrip(tmp_path):
@@ -193,6 +210,10 @@ def test_load_checkpoint_roundtrip(tmp_path):
         assert torch.equal(v, model.state_dict()[k])
     x = torch.randn(1, 2, 10, 32, 32)
     torch.testing.assert_close(model(x), m.eval()(x))
+    cl = build_model(tiny("warped", num_segments=2, channels_last=True))
+    assert cl.base.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    load_weights(cl, m.state_dict())
+    torch.testing.assert_close(cl.eval()(x), m(x))
     torch.save({"model": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a tsn-pipeline checkpoint"):
         load_checkpoint(tmp_path / "other.pt")

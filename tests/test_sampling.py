@@ -99,3 +99,39 @@ def test_bad_arguments(bad, match):
 def test_snippet_length():
     assert snippet_length("rgb", 1) == 1 and snippet_length("flow", 5) == 5
     assert snippet_length("rgbdiff", 5) == 6
+
+
+def _tsn_pytorch_indices(n, k, length, mode):
+    """tsn-pytorch's TSNDataSet (_get_val_indices / _get_test_indices, then get()'s loop with
+    ``if p < num_frames: p += 1``), 1-based, returned 0-based."""
+    tick = (n - length + 1) / float(k)
+    if mode == "test" or n > k + length - 1:
+        offsets = [int(tick / 2.0 + tick * x) + 1 for x in range(k)]
+    else:
+        offsets = [1] * k                                  # val of a short video: zeros + 1
+    rows = []
+    for p in offsets:
+        row = []
+        for _ in range(length):
+            row.append(p - 1)
+            if p < n:
+                p += 1
+        rows.append(row)
+    return rows
+
+
+def test_same_as_tsn_pytorch_except_where_it_is_broken():
+    """Every val/test index equals tsn-pytorch's for videos of at least K + new_length items.
+    Kept differences (docs/TRAINING.md): val of shorter videos takes segment centres where the
+    reference puts every snippet at frame 0, and test of videos a few frames shorter than a
+    snippet gives the reference negative frame indices, where ours repeat the last item."""
+    for mode in ("val", "test"):
+        for k, length in [(3, 1), (3, 5), (25, 1), (25, 5), (3, 6)]:
+            for n in range(k + length, k + length + 60):
+                assert segment_indices(n, k, length, mode).tolist() == \
+                    _tsn_pytorch_indices(n, k, length, mode), (mode, n, k, length)
+    assert _tsn_pytorch_indices(3, 3, 1, "val") == [[0], [0], [0]]
+    assert segment_indices(3, 3, 1, "val").tolist() == [[0], [1], [2]]
+    ref = _tsn_pytorch_indices(1, 25, 5, "test")   # tick -0.12: int(-0.06 - 2.88) + 1 = -1
+    assert ref[-1] == [-2, -1, 0, 0, 0]                  # img_-0001.jpg, img_00000.jpg, ...
+    assert segment_indices(1, 25, 5, "test").tolist() == [[0] * 5] * 25

@@ -203,6 +203,10 @@ def test_rgbdiff_bf16_channels_last_iterations(synth, tmp_path, cli_runner):
     assert ckpt["model"]["base.conv1.weight"].shape[1] == 6     # 3 * new_length differences
     assert json.loads(ckpt["train_config"])["amp"] == "bf16"
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    # RGB difference trains on raw 0..1 values as tsn-pytorch (no mean/std); channels_last is
+    # part of the model config that scoring rebuilds
+    mcfg = json.loads(ckpt["model_config"])
+    assert (mcfg["mean"], mcfg["std"], mcfg["channels_last"]) == ([0.0] * 3, [1.0] * 3, True)
 
 
 def test_real_clips_decode_flow_then_train_warped(real_clips, tmp_path, cli_runner):

@@ -13,6 +13,20 @@ def _flow_clip(s=2, l=5, h=60, w=80, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (s, l, 2, h, w), dtype=np.uint8)
 
 
+def _pil_resize(image, width, height):
+    """tsn-pytorch's resize: PIL ``Image.resize((w, h), BILINEAR)`` on an RGB or L image."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((width, height),
+                                                                          Image.BILINEAR))
+
+
+def _assert_like_pil(got, want):
+    """torch's antialiased bilinear vs PIL's: rounding may differ by 1 grey level."""
+    d = np.abs(got.astype(int) - want.astype(int))
+    assert d.max() <= 1 and d.mean() < 0.05, (d.max(), d.mean())
+
+
 def test_crop_sizes_of_tsn_scale_set():
     # 340x256 frames, 224 output: sizes int(256 * (1, .875, .75, .66)) = 256, 224, 192, 168
     pairs = T.crop_size_pairs(340, 256, 224, T.RGB_SCALES)
@@ -40,10 +54,7 @@ def test_multiscale_crop_matches_its_params_and_is_shared_by_the_group():
         out = t.apply(clip, params)
         assert out.shape == (3, 1, 32, 32, 3)
         for s in range(3):   # every image of the group cropped at the same window
-            import cv2
-            want = cv2.resize(np.ascontiguousarray(clip[s, 0, top:top + ch, left:left + cw]),
-                              (32, 32), interpolation=cv2.INTER_LINEAR)
-            np.testing.assert_array_equal(out[s, 0], want)
+            _assert_like_pil(out[s, 0], _pil_resize(clip[s, 0, top:top + ch, left:left + cw], 32, 32))
 
 
 def test_flow_multiscale_crop_same_window_for_x_and_y():
@@ -53,11 +64,8 @@ def test_flow_multiscale_crop_same_window_for_x_and_y():
     left, top, cw, ch = params
     out = t.apply(clip, params)
     assert out.shape == (2, 5, 2, 24, 24)
-    import cv2
     for s, l, c in [(0, 0, 0), (1, 4, 1), (1, 2, 0)]:
-        want = cv2.resize(np.ascontiguousarray(clip[s, l, c, top:top + ch, left:left + cw]),
-                          (24, 24), interpolation=cv2.INTER_LINEAR)
-        np.testing.assert_array_equal(out[s, l, c], want)
+        _assert_like_pil(out[s, l, c], _pil_resize(clip[s, l, c, top:top + ch, left:left + cw], 24, 24))
 
 
 def test_flip_inverts_flow_x_only():
@@ -109,13 +117,69 @@ def test_center_three_crop_and_resize():
     assert ev.shape == (10, 2, 5, 2, 32, 32)     # short side 32*256//224 = 36, then 10 crops
 
 
-def test_resize_many_planes_matches_opencv_per_image():
-    import cv2
-    clip = _flow_clip(s=60, l=5, h=20, w=30)          # 600 planes > 128 per cv2 call
+def test_resize_many_planes_matches_pil_per_image():
+    clip = _flow_clip(s=60, l=5, h=20, w=30)          # 600 planes resized at once
     out = T.resize(clip, "flow", 10, 12)
     for s, l, c in [(0, 0, 0), (59, 4, 1), (31, 2, 0)]:
-        np.testing.assert_array_equal(out[s, l, c], cv2.resize(clip[s, l, c], (12, 10),
-                                                               interpolation=cv2.INTER_LINEAR))
+        _assert_like_pil(out[s, l, c], _pil_resize(clip[s, l, c], 12, 10))
+
+
+def test_resize_is_antialiased_like_pil_on_a_real_frame():
+    """Row 3 of the fidelity table: shrinking a real frame as tsn-pytorch does (PIL bilinear,
+    antialiased). Plain bilinear (cv2.INTER_LINEAR) is many grey levels off on the same crop."""
+    import cv2
+
+    cap = cv2.VideoCapture("tests/data/v_SoccerJuggling_g23_c01.avi")
+    ok, bgr = cap.read()
+    cap.release()
+    assert ok
+    frame = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)[None, None]          # (1, 1, H, W, 3)
+    h, w = frame.shape[2:4]
+    for size in (224, 112):                                            # shrink by 1.07 and 2.1
+        crop = frame[:, :, :, :h]                                      # a square h x h window
+        got = T.resize(crop, "hwc", size, size)[0, 0]
+        want = _pil_resize(crop[0, 0], size, size)
+        _assert_like_pil(got, want)
+        plain = cv2.resize(np.ascontiguousarray(crop[0, 0]), (size, size),
+                           interpolation=cv2.INTER_LINEAR)
+        assert np.abs(plain.astype(int) - want).max() > 5
+    # enlarging (a 168 crop -> 224) is plain bilinear in both
+    small = frame[:, :, :168, :168]
+    _assert_like_pil(T.resize(small, "hwc", 224, 224)[0, 0], _pil_resize(small[0, 0], 224, 224))
+
+
+def test_short_side_truncates_and_centre_rounds_half_to_even():
+    """Rows 4 and 5: torchvision's old Scale truncates the long side (int(w * size / h)) and
+    its CenterCrop starts at round((W - size) / 2) with Python's round (half to even)."""
+    # (h, w, size) -> int(w * size / h): 341 * 224 / 256 = 298.375 -> 298 (round gave 298 too);
+    # 320 * 256 / 240 = 341.33 -> 341; 398 * 256 / 300 = 339.63 -> 339 (round: 340)
+    assert T.short_side_size(256, 341, 224) == (224, 298)
+    assert T.short_side_size(240, 320, 256) == (256, 341)
+    assert T.short_side_size(300, 398, 256) == (256, 339)
+    assert T.short_side_size(398, 300, 256) == (339, 256)        # portrait: width is short
+    assert T.short_side_size(256, 340, 256) == (256, 340)
+    # (length - size) / 2 = 3.5 -> 4 (floor gave 3); 2.5 -> 2; 1.5 -> 2; 16 -> 16
+    assert [T.centre_offset(n, 10) for n in (17, 15, 13, 42)] == [4, 2, 2, 16]
+    clip = _rgb_clip(s=1, h=17, w=15)
+    np.testing.assert_array_equal(T.CenterCrop(10, "hwc")(clip), clip[:, :, 4:14, 2:12])
+    assert T.Resize(256, "hwc")(_rgb_clip(s=1, h=300, w=398)).shape == (1, 1, 256, 339, 3)
+
+
+def test_training_scales_and_flip_switch():
+    """Row 2: tsn-pytorch crops RGB at 1, .875, .75, .66 and flow and RGB difference at 1,
+    .875, .75 of the short side; ``flip=False`` leaves the flip out."""
+    assert T.train_scales("rgb") == (1.0, 0.875, 0.75, 0.66)
+    for modality in ("flow", "warped", "rgbdiff"):
+        assert T.train_scales(modality) == (1.0, 0.875, 0.75)
+    t = T.train_transform("rgbdiff", 32)
+    assert t.transforms[0].scales == (1.0, 0.875, 0.75)
+    assert isinstance(t.transforms[-1], T.RandomHorizontalFlip)
+    no_flip = T.train_transform("flow", 32, flip=False)
+    assert [type(x) for x in no_flip.transforms] == [T.MultiScaleCrop]
+    clip = _flow_clip()
+    for seed in range(8):   # the same crop as with the flip, never mirrored
+        out = no_flip(clip, np.random.default_rng(seed))
+        np.testing.assert_array_equal(out, no_flip.transforms[0](clip, np.random.default_rng(seed)))
 
 
 def test_normalize_layouts_and_values():
@@ -128,6 +192,12 @@ def test_normalize_layouts_and_values():
     assert tuple(f.shape) == (2, 10, 4, 5)
     # channels interleave x0 y0 x1 y1 ...: channel 7 is y of field 3
     np.testing.assert_allclose(f[1, 7].numpy(), (flow[1, 3, 1] / 255 - 0.5) / 0.25, rtol=1e-5, atol=1e-6)
+    # Caffe-style statistics (BN-Inception: mean 128/255, std 1/255) give exactly v - 128,
+    # and RGB difference's identity (mean 0, std 1/255) exactly v, as tsn-pytorch's 0..255 input
+    bgr = T.normalize(flow, "flow", (128 / 255,) * 2, (1 / 255,) * 2)
+    assert np.array_equal(bgr.numpy(), flow.reshape(2, 10, 4, 5).astype(np.float32) - 128)
+    raw = T.normalize(rgb, "rgbdiff", (0,) * 3, (1 / 255,) * 3)
+    assert np.array_equal(raw.numpy(), np.moveaxis(rgb, -1, -3).reshape(2, 3, 4, 5).astype(np.float32))
     diff = T.normalize(_rgb_clip(s=2, l=6, h=4, w=5), "rgbdiff", (0,) * 3, (1,) * 3)
     assert tuple(diff.shape) == (2, 18, 4, 5)
     crops = T.normalize(T.TenCrop(4, "flow")(flow), "flow", (0.5, 0.5), (0.25, 0.25))

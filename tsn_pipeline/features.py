@@ -98,7 +98,7 @@ def load_model(checkpoint=None, model_config=None):
     """``(model in eval mode, ModelConfig, train config, origin dict)`` from a `tsn train`
     checkpoint, or from ``model_config`` (an ImageNet-initialised backbone: its
     ``pretrained`` file, no TSN training). ``origin`` names the weights (path + SHA-256)."""
-    from .model import build_model, load_checkpoint
+    from .model import build_model, load_checkpoint, load_weights
 
     if (checkpoint is None) == (model_config is None):
         raise ValueError("give a checkpoint or a model config (--arch/--pretrained), not both")
@@ -109,7 +109,9 @@ def load_model(checkpoint=None, model_config=None):
     if not model_config.pretrained:
         raise ValueError("without a checkpoint, give --pretrained (a torchvision-format state "
                          "dict file); features of random weights are of no use")
-    model = build_model(model_config).eval()
+    model = build_model(model_config)
+    load_weights(model, model_config.pretrained)
+    model.eval()
     return model, model_config, {}, {"pretrained": str(model_config.pretrained),
                                      "pretrained_sha256": file_sha256(model_config.pretrained),
                                      "arch": model_config.arch}

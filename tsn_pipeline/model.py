@@ -1,18 +1,27 @@
 """TSN: a shared 2D backbone over K snippets, segmental consensus, TSN's good practices.
 
-Reads a local ImageNet weights file (``ModelConfig.pretrained``, torchvision-format state
-dict) and checkpoints written by ``tsn train``; writes nothing itself.
+Builds models without reading anything (construct, then load: ``build_model(cfg)`` then
+``load_weights(model, path_or_state)``, as timm's ``build_model_with_cfg``/``load_pretrained``).
+``load_weights`` is the one place weights are read and adapted: ImageNet backbone files
+(``ModelConfig.pretrained``; torchvision ResNet state dicts, or BN-Inception as ``tsn convert``
+writes it), checkpoints written by ``tsn train`` and models converted by ``tsn convert``.
+Writes nothing itself.
 
 * Backbones behind one small interface (``Backbone``): torchvision ResNet-18/34/50/101,
   ``resnet10`` (a [1,1,1,1] ResNet for smoke tests) and BN-Inception (Ioffe & Szegedy 2015,
   the network of the TSN paper) written for current PyTorch with torchvision-style names
-  (``conv1.conv.weight``, ``inception3a.branch2.1.bn.running_mean``, ... like googlenet).
+  (``conv1.conv.weight``, ``inception3a.branch2.1.bn.running_mean``, ... like googlenet);
+  its convs keep the biases of the released Caffe model, trained (lr x2, no decay) in front
+  of the frozen BatchNorms as in tsn-pytorch.
 * Cross-modality initialisation (``cross_modality_init``) is a pure function on the first
   conv weight; partial BN freezes every BatchNorm after the first (statistics and affine
   parameters); an extra dropout sits before the new classifier.
 * Input normalisation (mean/std per base channel, 0..1 scale) is part of ``ModelConfig``, so a
-  checkpoint says how its input must be prepared (like timm's pretrained config).
-* ``param_groups`` gives TSN's lr / weight-decay multipliers (docs/TSN.md, "Good practices").
+  checkpoint says how its input must be prepared (like timm's pretrained config). Inputs are
+  RGB for every backbone: BN-Inception's Caffe weights, which expect BGR, have their first
+  conv's input channels reversed by ``tsn convert`` (the same logits as BGR input).
+* ``param_groups`` gives TSN's lr / weight-decay multipliers (tsn-pytorch's
+  ``get_optim_policies``).
 
 Shapes: ``TSN.forward(x)`` takes ``(B, K, C, H, W)`` and returns ``(B, num_classes)``, the
 consensus of the K snippet scores before softmax. ``C`` is ``3`` for RGB, ``2 * new_length``
@@ -38,7 +47,8 @@ CHECKPOINT_FORMAT = "tsn-pipeline-checkpoint-1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # BN-Inception (Caffe) expects 0..255 input minus a per-channel mean, BGR [104, 117, 128];
-# our frames are RGB, so the mean is given in RGB order and std 1/255 rescales to 0..255.
+# our frames are RGB (converted weights take RGB), so the mean is given in RGB order and
+# std 1/255 rescales to 0..255: the model sees exactly tsn-pytorch's ``v - mean``.
 BNINCEPTION_MEAN = (128 / 255, 117 / 255, 104 / 255)
 BNINCEPTION_STD = (1 / 255, 1 / 255, 1 / 255)
 
@@ -56,9 +66,12 @@ def default_normalisation(arch: str, modality: str) -> Tuple[Tuple[float, ...], 
     """(mean, std) per base channel for ``arch`` and ``modality`` (tsn-pytorch's choices).
 
     Flow is quantised around 128, so its mean is 0.5 (128/255); for ResNets its std is the
-    mean of ImageNet's stds. RGB difference frames use the RGB statistics (the mean cancels
-    in the difference; the std scales it).
+    mean of ImageNet's stds. RGB difference is not normalised (tsn-pytorch's ``main.py``
+    trains it on raw values: 0..1 for ResNets, 0..255 for BN-Inception), so mean 0 and std 1
+    (ResNet) or 1/255 (BN-Inception).
     """
+    if modality == "rgbdiff":
+        return (0.0,) * 3, (1 / 255,) * 3 if arch == "bninception" else (1.0,) * 3
     if arch == "bninception":
         if modality in ("flow", "warped"):
             return (128 / 255,) * 2, (1 / 255,) * 2
@@ -75,11 +88,13 @@ class ModelConfig:
 
     ``None`` fields are resolved from the modality/arch in ``__post_init__``: ``new_length``
     (1 RGB, 5 otherwise), ``dropout`` (0.8 RGB/RGB-diff, 0.7 flow), ``mean``/``std``.
-    ``pretrained`` is the path of a local torchvision-format state dict (never downloaded);
-    ``cross_modality_init`` adapts its first conv to non-RGB input. ``partial_bn`` freezes
-    every BatchNorm after the first; ``freeze_bn`` freezes all of them (statistics and affine
-    parameters), so that a sample's output does not depend on the rest of its batch (used
-    to check DDP against one process on CPU, where PyTorch has no SyncBatchNorm).
+    ``pretrained`` records the local ImageNet state dict the run started from (never
+    downloaded; ``load_weights`` reads it, the constructor does not); ``cross_modality_init``
+    adapts its first conv to non-RGB input. ``channels_last`` runs the backbone in NHWC.
+    ``partial_bn`` freezes every BatchNorm after the first; ``freeze_bn`` freezes all of them
+    (statistics and affine parameters), so that a sample's output does not depend on the rest
+    of its batch (used to check DDP against one process on CPU, where PyTorch has no
+    SyncBatchNorm).
     """
 
     arch: str = "resnet50"
@@ -96,6 +111,7 @@ class ModelConfig:
     input_size: int = 224
     mean: Optional[Tuple[float, ...]] = None
     std: Optional[Tuple[float, ...]] = None
+    channels_last: bool = False
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -246,11 +262,12 @@ class ResNetBackbone(Backbone):
 
 
 class BasicConv2d(nn.Module):
-    """conv (no bias) + BatchNorm + ReLU, named like torchvision's googlenet/inception."""
+    """conv (with bias, as the Caffe model) + BatchNorm + ReLU, named like torchvision's
+    googlenet/inception."""
 
     def __init__(self, cin: int, cout: int, **kw):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, bias=False, **kw)
+        self.conv = nn.Conv2d(cin, cout, bias=True, **kw)
         self.bn = nn.BatchNorm2d(cout, eps=1e-5)
 
     def forward(self, x):
@@ -295,8 +312,11 @@ class BNInceptionBackbone(Backbone):
 
     Layer widths follow the Caffe model TSN released (bn_inception); names are
     torchvision-style: ``conv1``, ``conv2`` (1x1 reduce), ``conv3`` (3x3), ``inception3a`` ..
-    ``inception5b``, each with ``branch1..4``. The Caffe convs carried biases; ours do not
-    (a BatchNorm follows every conv), so a converted Caffe model folds them into BN.
+    ``inception5b``, each with ``branch1..4``. Every conv keeps its bias as in the Caffe
+    model and tsn-pytorch: in front of a frozen BatchNorm (partial BN) a bias is a trained
+    shift (69 conv weights + 69 biases + the first BN + the classifier: 142 trainable tensors).
+    ``tsn convert`` documents the mapping from tsn-pytorch's names (``conv1_7x7_s2``,
+    ``inception_3a_double_3x3_1_bn``, ...).
     """
 
     first_conv = "conv1.conv"
@@ -346,49 +366,89 @@ def build_backbone(arch: str) -> Backbone:
     raise ValueError(f"arch {arch!r} is not supported; supported: {', '.join(ARCHS)}")
 
 
-def load_pretrained(backbone: Backbone, path: str, in_channels: int,
-                    cross_modality: bool = True) -> Dict[str, Any]:
-    """Load an ImageNet state dict (torchvision format) from a local file into ``backbone``.
-
-    The classifier (``fc.*``) is dropped. When the file's first conv has 3 input channels and
-    the backbone takes ``in_channels != 3``, the weight is adapted with
-    ``cross_modality_init`` (or the error says to enable it). Returns a small report.
-    """
+def read_weights(path) -> Dict[str, torch.Tensor]:
+    """The state dict of tensors in a local file (``{"state_dict": ...}`` and DataParallel's
+    ``module.`` prefixes unwrapped). Read with ``torch.load(weights_only=True)``."""
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(
-            f"pretrained weights file {path!r} does not exist; tsn-pipeline never downloads "
-            "weights: save a torchvision state dict first, e.g. "
-            "torch.save(torchvision.models.resnet50(weights='DEFAULT').state_dict(), 'r50.pth')")
+            f"weights file {path!r} does not exist; tsn-pipeline never downloads weights: "
+            "save a torchvision state dict first, e.g. torch.save(torchvision.models."
+            "resnet50(weights='DEFAULT').state_dict(), 'r50.pth'), or `tsn convert` "
+            "downloaded tsn-pytorch / mmaction2 weights")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: not a state dict of tensors (torchvision format expected)")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def check_keys(own: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor], what: str,
+               target: str) -> None:
+    """ValueError listing missing / unexpected / mis-shaped keys of ``state`` against ``own``.
+
+    BatchNorm's ``num_batches_tracked`` (absent from files saved before PyTorch 0.4.1, such
+    as torchvision's first ResNet files and tsn-pytorch's) is filled in as 0, as PyTorch does.
+    """
+    for k in set(own) - set(state):
+        if k.endswith(".num_batches_tracked"):
+            state[k] = torch.zeros_like(own[k])
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if not (missing or unexpected or bad):
+        return
+
+    def some(keys):
+        return f"{keys[:8]}{' ...' if len(keys) > 8 else ''}"
+
+    parts = [f"missing {len(missing)} {some(missing)}" if missing else "",
+             f"unexpected {len(unexpected)} {some(unexpected)}" if unexpected else "",
+             "shapes differ for " + ", ".join(f"{k} (file {tuple(state[k].shape)}, model "
+                                              f"{tuple(own[k].shape)})" for k in bad[:5])
+             if bad else ""]
+    raise ValueError(f"{what} does not fit {target}: " + "; ".join(p for p in parts if p))
+
+
+def load_weights(model: "TSN", weights, name: Optional[str] = None) -> Dict[str, Any]:
+    """Read (when ``weights`` is a path), adapt and load weights into ``model``: the one way
+    every stage (train, score, features, convert) gives a built model its weights.
+
+    Two layouts are told apart by their keys:
+
+    * a whole TSN (``base.*`` and ``fc.*``: ``tsn train`` checkpoints, ``tsn convert``
+      output): loaded as is;
+    * an ImageNet backbone (torchvision ResNet names, or BN-Inception in this project's names
+      as ``tsn convert`` writes it): the ImageNet classifier (``fc.*``) is dropped,
+      the new classifier keeps its initialisation, and a 3-channel first conv is adapted to
+      flow / RGB difference input with ``cross_modality_init`` (if the config allows it).
+
+    Missing, unexpected or mis-shaped keys are a ``ValueError`` listing them. Returns a small
+    report (what was loaded, whether the first conv was adapted).
+    """
+    cfg = model.cfg
+    what = str(name or (weights if isinstance(weights, (str, os.PathLike)) else "weights"))
+    state = read_weights(weights) if isinstance(weights, (str, os.PathLike)) else dict(weights)
+    if any(k.startswith("base.") for k in state):
+        check_keys(model.state_dict(), state, what, f"a {cfg.arch} {cfg.modality} TSN")
+        model.load_state_dict(state, strict=True)
+        return {"weights": what, "tensors": len(state), "cross_modality_init": False}
+    backbone = model.base
     state = {k: v for k, v in state.items() if not k.startswith(backbone.classifier_prefix)}
     key = backbone.first_conv + ".weight"
     adapted = False
-    if key in state and state[key].shape[1] != in_channels:
-        if state[key].shape[1] == 3 and cross_modality:
+    in_channels = cfg.backbone_channels
+    if key in state and state[key].dim() == 4 and state[key].shape[1] != in_channels:
+        if state[key].shape[1] == 3 and cfg.cross_modality_init:
             state[key] = cross_modality_init(state[key], in_channels)
             adapted = True
         else:
-            raise ValueError(f"{path}: first conv {key} has {state[key].shape[1]} input channels, "
+            raise ValueError(f"{what}: first conv {key} has {state[key].shape[1]} input channels, "
                              f"the model takes {in_channels}; enable cross-modality init "
                              "(3-channel ImageNet weights) or give matching weights")
-    own = backbone.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"{path} does not fit {type(backbone).__name__}: missing "
-                         f"{missing[:8]}{'...' if len(missing) > 8 else ''}, unexpected "
-                         f"{unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
-    bad = [k for k in own if own[k].shape != state[k].shape]
-    if bad:
-        raise ValueError(f"{path}: shapes differ for {bad[:5]} (e.g. {bad[0]}: file "
-                         f"{tuple(state[bad[0]].shape)}, model {tuple(own[bad[0]].shape)})")
+    check_keys(backbone.state_dict(), state, what, f"{type(backbone).__name__} ({cfg.arch})")
     backbone.load_state_dict(state, strict=True)
-    return {"path": path, "tensors": len(state), "cross_modality_init": adapted}
+    return {"weights": what, "tensors": len(state), "cross_modality_init": adapted}
 
 
 # -- TSN ----------------------------------------------------------------------------------
@@ -400,19 +460,16 @@ class TSN(nn.Module):
         self.cfg = cfg
         self.base = build_backbone(cfg.arch)
         self.base.set_in_channels(cfg.backbone_channels)
-        self.pretrained_report: Optional[Dict[str, Any]] = None
-        if cfg.pretrained:
-            self.pretrained_report = load_pretrained(
-                self.base, cfg.pretrained, cfg.backbone_channels, cfg.cross_modality_init)
         self.dropout = nn.Dropout(p=cfg.dropout)
         self.fc = nn.Linear(self.base.num_features, cfg.num_classes)
         nn.init.normal_(self.fc.weight, 0.0, 0.001)     # tsn-pytorch's new classifier init
         nn.init.zeros_(self.fc.bias)
-        self.channels_last = False      # set by the trainer: backbone input in NHWC
         if cfg.partial_bn or cfg.freeze_bn:
             for bn in self.frozen_bns():
                 for p in bn.parameters():
                     p.requires_grad_(False)
+        if cfg.channels_last:
+            self.to(memory_format=torch.channels_last)
 
     # -- partial BN -----------------------------------------------------------------------
     def batchnorms(self) -> List[nn.modules.batchnorm._BatchNorm]:
@@ -442,7 +499,7 @@ class TSN(nn.Module):
             n, _, h, w = x.shape
             v = x.reshape(n, self.cfg.new_length + 1, 3, h, w)
             x = (v[:, 1:] - v[:, :-1]).reshape(n, 3 * self.cfg.new_length, h, w)
-        if self.channels_last:
+        if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -470,7 +527,8 @@ class TSN(nn.Module):
 
     # -- optimisation ---------------------------------------------------------------------
     def param_groups(self) -> List[Dict[str, Any]]:
-        """TSN's parameter groups with ``lr_mult`` / ``decay_mult`` (docs/TSN.md, "Good practices").
+        """TSN's parameter groups with ``lr_mult`` / ``decay_mult`` (tsn-pytorch's
+        ``get_optim_policies``).
 
         first conv weight 5/1 for flow and warped (1/1 otherwise), first conv bias 10/0 for
         flow (2/0 otherwise), other conv/linear weights 1/1, other biases 2/0, BN parameters
@@ -509,41 +567,30 @@ class TSN(nn.Module):
 
 
 def build_model(cfg: ModelConfig) -> TSN:
-    """A TSN for ``cfg`` (ImageNet weights from ``cfg.pretrained`` if given), in train mode."""
+    """A randomly initialised TSN for ``cfg``, in train mode; reads nothing (``load_weights``
+    gives it ImageNet or trained weights)."""
     return TSN(cfg)
 
 
 def load_checkpoint(path, map_location="cpu") -> Tuple[TSN, ModelConfig, Dict[str, Any]]:
-    """Checkpoint of ``tsn train`` -> ``(model in eval mode, ModelConfig, train config dict)``.
+    """Checkpoint of ``tsn train`` / ``tsn convert`` -> ``(model in eval mode, ModelConfig,
+    train config dict)``.
 
-    Loaded with ``torch.load(weights_only=True)``: configs are stored as JSON strings. The
-    model is rebuilt without reading the ImageNet file again (its weights are in the
-    checkpoint).
+    Loaded with ``torch.load(weights_only=True)``: configs are stored as JSON strings. Every
+    weight comes from the checkpoint (the ImageNet file it started from is not read).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!s} does not exist")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a tsn-pipeline checkpoint (format "
                          f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt)!r}, "
-                         f"expected {CHECKPOINT_FORMAT!r})")
+                         f"expected {CHECKPOINT_FORMAT!r}); `tsn convert` turns tsn-pytorch "
+                         "and mmaction2 weights into one")
     cfg = ModelConfig.from_dict(json.loads(ckpt["model_config"]))
-    model = build_model(_without_pretrained(cfg))
-    model.load_state_dict(ckpt["model"])
+    model = build_model(cfg)
+    load_weights(model, ckpt["model"], name=str(path))
     model.eval()
     if map_location not in (None, "cpu") and not callable(map_location):
         model.to(map_location)
     return model, cfg, json.loads(ckpt.get("train_config") or "{}")
-
-
-def _without_pretrained(cfg: ModelConfig) -> ModelConfig:
-    from dataclasses import replace
-
-    return replace(cfg, pretrained=None)
-
-
-def count_parameters(model: nn.Module) -> Tuple[int, int]:
-    """(all, trainable) parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return total, train

@@ -346,18 +346,10 @@ def iter_clips(dataset: SnippetDataset, workers: int) -> Iterator[Tuple]:
 
 def normalize_rows(x, modality: str, mean: Sequence[float], std: Sequence[float]):
     """uint8 torch rows ``(N, L, H, W, 3)`` / ``(N, L, 2, H, W)`` (any device) -> float32
-    ``(N, C, H, W)``: the same values as ``transforms.normalize``, computed where ``x`` is."""
-    import torch
+    ``(N, C, H, W)``: ``transforms.normalize``, computed where ``x`` is."""
+    from .transforms import normalize
 
-    from .transforms import layout_of
-
-    if layout_of(modality) == "hwc":
-        x = x.movedim(-1, -3)                       # (N, L, 3, H, W)
-    base = x.shape[-3]
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(base, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(base, 1, 1)
-    x = (x.to(torch.float32) / 255.0 - m) / s
-    return x.reshape(x.shape[0], x.shape[1] * base, x.shape[-2], x.shape[-1])
+    return normalize(x, modality, mean, std)
 
 
 def run_model(model, forward: str, items: Iterator[Tuple], cfg_mean, cfg_std, modality: str,

@@ -83,7 +83,6 @@ class TrainConfig:
     weight_decay: float = 5e-4
     clip_grad: Optional[float] = None
     amp: str = "none"
-    channels_last: bool = False
     sync_bn: bool = False
     workers: int = 2
     threads: Optional[int] = None
@@ -515,23 +514,22 @@ def _train(cfg: TrainConfig, model_kwargs, out: Path, d: Dist, ckpt_path: Path, 
     from torch.utils.data import DataLoader, DistributedSampler
 
     from . import data
-    from .model import ModelConfig, build_model
+    from .model import ModelConfig, build_model, load_weights
 
     sources, train_s, val_s, num_classes = build_datasets(cfg)
     if cfg.num_classes is None:
         cfg = replace(cfg, num_classes=num_classes)
     mcfg = ModelConfig(modality=cfg.modality, num_classes=cfg.num_classes, **model_kwargs)
 
+    model = build_model(mcfg)
     # a resumed run takes every weight from its checkpoint: the ImageNet file is not re-read
-    model = build_model(replace(mcfg, pretrained=None) if resume else mcfg)
-    if mcfg.pretrained and d.main and model.pretrained_report:
-        log.info("pretrained: %s", model.pretrained_report)
+    if mcfg.pretrained and not resume:
+        report = load_weights(model, mcfg.pretrained)
+        if d.main:
+            log.info("pretrained: %s", report)
     if cfg.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(d.device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-        model.channels_last = True
 
     per_proc = cfg.batch_size // d.world
     train_ds = data.TSNDataset(sources, train_s, cfg.modality, mcfg.num_segments, mcfg.new_length,
@@ -567,7 +565,7 @@ def _train(cfg: TrainConfig, model_kwargs, out: Path, d: Dist, ckpt_path: Path, 
         if json.loads(ckpt["model_config"]) != mcfg.to_dict():
             raise TrainError(f"{ckpt_path}: model settings differ from this run's; resume with "
                              "the same options")
-        model.load_state_dict(ckpt["model"])
+        load_weights(model, ckpt["model"], name=str(ckpt_path))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])

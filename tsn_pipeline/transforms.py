@@ -16,6 +16,11 @@ name, not by position in a list (mmaction2's ``Flip`` inverted every other image
 Resizing flow resizes the quantised images as TSN does: flow values are not rescaled with the
 image (a flow field resized from 340 to 224 px keeps its pixel displacements). This matches
 the released models; rescaling would change their input distribution.
+
+Geometry follows tsn-pytorch (``transforms.py`` there, on PIL images): bilinear resizing that
+is antialiased when shrinking (PIL's ``BILINEAR``; here torch's ``antialias=True`` kernel,
+within 1 grey level of PIL), short side scaled by truncation (``int(w * size / h)``) and the
+centre crop placed at ``round((W - size) / 2)`` (Python's round: half to even).
 """
 from __future__ import annotations
 
@@ -25,10 +30,16 @@ import numpy as np
 
 LAYOUTS = ("hwc", "flow")
 FLOW_X, FLOW_Y = 0, 1
-# TSN's scale set (ratios of the short side) for multi-scale cropping.
-_MAX_CN = 128   # channels per cv2.resize call (CV_CN_MAX is 128 in OpenCV 5, 512 in 4)
+# TSN's scale sets (ratios of the short side) for multi-scale cropping: RGB frames use four,
+# flow and RGB difference three (tsn-pytorch's ``TSN.get_augmentation``).
 RGB_SCALES = (1.0, 0.875, 0.75, 0.66)
 FLOW_SCALES = (1.0, 0.875, 0.75)
+
+
+def train_scales(modality: str) -> Tuple[float, ...]:
+    """Multi-scale crop ratios for ``modality``: ``RGB_SCALES`` for rgb, else ``FLOW_SCALES``."""
+    layout_of(modality)   # validates
+    return RGB_SCALES if modality == "rgb" else FLOW_SCALES
 
 
 def layout_of(modality: str) -> str:
@@ -65,30 +76,31 @@ def crop(clip: np.ndarray, layout: str, top: int, left: int, height: int, width:
 
 
 def resize(clip: np.ndarray, layout: str, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of every image to ``height x width`` (one OpenCV call per 128 planes)."""
-    import cv2
+    """Bilinear resize of every image to ``height x width``, antialiased when shrinking.
+
+    PIL's ``BILINEAR`` (what tsn-pytorch resizes with) widens its filter by the shrink factor;
+    torch's uint8 ``antialias=True`` kernel does the same and is within 1 grey level of PIL
+    (plain bilinear, e.g. ``cv2.INTER_LINEAR``, was up to 33 levels off when shrinking).
+    """
+    import torch
+    from torch.nn import functional as F
 
     h, w = spatial_size(clip, layout)
     if (h, w) == (height, width):
         return clip
+    x = torch.from_numpy(np.ascontiguousarray(clip))
     if layout == "hwc":
         lead = clip.shape[:-3]
-        planes = clip.reshape((-1, h, w, clip.shape[-1]))              # (M, h, w, C)
-        c = planes.shape[-1]
-        planes = np.ascontiguousarray(planes.transpose(1, 2, 0, 3).reshape(h, w, -1))
+        x = x.reshape((-1, h, w, clip.shape[-1])).permute(0, 3, 1, 2)     # NCHW view of NHWC
     else:
         lead = clip.shape[:-2]
-        planes = np.ascontiguousarray(clip.reshape((-1, h, w)).transpose(1, 2, 0))  # (h, w, M)
-    chunks = []
-    for start in range(0, planes.shape[-1], _MAX_CN):
-        part = cv2.resize(np.ascontiguousarray(planes[..., start:start + _MAX_CN]), (width, height),
-                          interpolation=cv2.INTER_LINEAR)
-        chunks.append(part.reshape(height, width, -1))
-    out = np.concatenate(chunks, axis=-1) if len(chunks) > 1 else chunks[0]
+        x = x.reshape((-1, 1, h, w))                                       # one plane each
+    out = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False,
+                        antialias=True)
     if layout == "hwc":
-        out = out.reshape(height, width, -1, c).transpose(2, 0, 1, 3)
-        return np.ascontiguousarray(out.reshape(lead + (height, width, c)))
-    return np.ascontiguousarray(out.transpose(2, 0, 1).reshape(lead + (height, width)))
+        return np.ascontiguousarray(out.permute(0, 2, 3, 1).numpy()).reshape(
+            lead + (height, width, clip.shape[-1]))
+    return out.numpy().reshape(lead + (height, width))
 
 
 def hflip(clip: np.ndarray, layout: str) -> np.ndarray:
@@ -161,17 +173,15 @@ def _need_rng(rng, who: str) -> np.random.Generator:
 class MultiScaleCrop(GroupTransform):
     """TSN's corner cropping + scale jittering, then resize to ``size x size``.
 
-    Crop width and height from ``crop_size_pairs`` (scales ``RGB_SCALES`` or ``FLOW_SCALES``),
+    Crop width and height from ``crop_size_pairs`` (``scales``: see ``train_scales``),
     placed at one of ``fix_offsets`` (13 with ``more_fix_crop``), or anywhere when
     ``fix_crop=False``. Params: ``(left, top, crop_w, crop_h)``.
     """
 
-    def __init__(self, size: int, layout: str = "hwc", scales: Optional[Sequence[float]] = None,
+    def __init__(self, size: int, layout: str = "hwc", scales: Sequence[float] = RGB_SCALES,
                  max_distort: int = 1, fix_crop: bool = True, more_fix_crop: bool = True):
         self.size = int(size)
         self.layout = _check_layout(layout)
-        if scales is None:
-            scales = FLOW_SCALES if layout == "flow" else RGB_SCALES
         self.scales = tuple(float(s) for s in scales)
         self.max_distort = int(max_distort)
         self.fix_crop = bool(fix_crop)
@@ -210,6 +220,21 @@ class RandomHorizontalFlip(GroupTransform):
         return hflip(clip, self.layout) if params else clip
 
 
+def short_side_size(height: int, width: int, size: int) -> Tuple[int, int]:
+    """``(new_h, new_w)`` with the short side ``size``, the long side truncated as
+    tsn-pytorch's ``GroupScale`` (torchvision's old ``Scale``): 340x256 -> 256 gives 340,
+    but 341x256 -> 224 gives ``int(341 * 224 / 256) = int(298.375) = 298``."""
+    if height <= width:
+        return int(size), int(width * size / height)
+    return int(height * size / width), int(size)
+
+
+def centre_offset(length: int, size: int) -> int:
+    """Start of a centred window: ``round((length - size) / 2)``, Python's round (half to
+    even) as torchvision's old ``CenterCrop`` in tsn-pytorch: 7 -> 4 (3.5), 5 -> 2 (2.5)."""
+    return int(round((length - size) / 2.0))
+
+
 class Resize(GroupTransform):
     """Resize so the short side is ``size`` (keeps aspect; TSN's ``GroupScale(256)``)."""
 
@@ -219,11 +244,7 @@ class Resize(GroupTransform):
 
     def apply(self, clip, params):
         h, w = spatial_size(clip, self.layout)
-        if h <= w:
-            nh, nw = self.size, int(round(w * self.size / h))
-        else:
-            nh, nw = int(round(h * self.size / w)), self.size
-        return resize(clip, self.layout, nh, nw)
+        return resize(clip, self.layout, *short_side_size(h, w, self.size))
 
 
 class _SquareCrop(GroupTransform):
@@ -235,12 +256,12 @@ class _SquareCrop(GroupTransform):
 
 
 class CenterCrop(_SquareCrop):
-    """Centre ``size x size`` window (offset ``(H - size) // 2``); no crop axis added."""
+    """Centre ``size x size`` window (offsets ``centre_offset``); no crop axis added."""
 
     def apply(self, clip, params):
         h, w = spatial_size(clip, self.layout)
         s = self.size
-        return crop(clip, self.layout, (h - s) // 2, (w - s) // 2, s, s)
+        return crop(clip, self.layout, centre_offset(h, s), centre_offset(w, s), s, s)
 
 
 class TenCrop(_SquareCrop):
@@ -271,9 +292,9 @@ class ThreeCrop(_SquareCrop):
         h, w = spatial_size(clip, self.layout)
         s = self.size
         if w >= h:
-            boxes = [((h - s) // 2, x) for x in (0, (w - s) // 2, w - s)]
+            boxes = [(centre_offset(h, s), x) for x in (0, centre_offset(w, s), w - s)]
         else:
-            boxes = [(y, (w - s) // 2) for y in (0, (h - s) // 2, h - s)]
+            boxes = [(y, centre_offset(w, s)) for y in (0, centre_offset(h, s), h - s)]
         return np.stack([crop(clip, self.layout, top, left, s, s) for top, left in boxes])
 
 
@@ -290,13 +311,11 @@ class Compose(GroupTransform):
 
 
 def train_transform(modality: str, input_size: int = 224, flip: bool = True) -> Compose:
-    """TSN training augmentation: multi-scale corner crop -> ``input_size``, random flip.
-
-    ``flip=False`` leaves the clips unmirrored: for classes that a mirror image turns into
-    each other (moving left / moving right, Something-Something's directions).
-    """
+    """TSN training augmentation: multi-scale corner crop -> ``input_size`` (scales
+    ``train_scales(modality)``), then a random horizontal flip unless ``flip=False`` (for
+    classes that a mirror image turns into each other: moving left / moving right)."""
     layout = layout_of(modality)
-    steps = [MultiScaleCrop(input_size, layout)]
+    steps = [MultiScaleCrop(input_size, layout, train_scales(modality))]
     if flip:
         steps.append(RandomHorizontalFlip(layout))
     return Compose(steps)
@@ -319,26 +338,29 @@ def eval_transform(modality: str, input_size: int = 224, crops: str = "center",
     return Compose([Resize(scale_size, layout), cropper])
 
 
-def normalize(clip: np.ndarray, modality: str, mean: Sequence[float], std: Sequence[float]):
-    """uint8 clip -> normalised float32 torch tensor in the model's layout.
+def normalize(clip, modality: str, mean: Sequence[float], std: Sequence[float]):
+    """uint8 clip (numpy, or a torch tensor on any device) -> normalised float32 torch tensor
+    in the model's layout, computed where the clip is.
 
     ``clip``: RGB ``(..., S, L, H, W, 3)``, flow ``(..., S, L, 2, H, W)``, RGB difference
     ``(..., S, L+1, H, W, 3)`` (any leading axes, e.g. crops). Returns ``(..., S, C, H, W)``
     with ``C = 3L`` (frame-major: r0 g0 b0 r1 ...), ``2L`` (x0 y0 x1 y1 ..., TSN's interleaving)
     or ``3(L+1)``. Values are ``(v / 255 - mean[c]) / std[c]`` with ``mean``/``std`` given per
-    base channel (3 for RGB, 2 for flow) on the 0..1 scale.
+    base channel (3 for RGB, 2 for flow) on the 0..1 scale, computed as
+    ``(v - 255 mean) / (255 std)`` so that Caffe-style statistics (BN-Inception: std 1/255,
+    values ``v - 128``) and RGB difference's identity (mean 0, std 1/255: ``v``) are exact.
     """
     import torch
 
     layout = layout_of(modality)
-    x = torch.from_numpy(np.ascontiguousarray(clip))
+    x = clip if isinstance(clip, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(clip))
     if layout == "hwc":
         x = x.movedim(-1, -3)                   # (..., S, L, 3, H, W)
     base = x.shape[-3]
     if len(mean) != base or len(std) != base:
         raise ValueError(f"{modality}: mean/std need {base} values (one per channel), got "
                          f"{len(mean)} and {len(std)}")
-    m = torch.tensor(mean, dtype=torch.float32).view(base, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(base, 1, 1)
-    x = (x.to(torch.float32) / 255.0 - m) / s
+    m = torch.tensor([255.0 * v for v in mean], dtype=torch.float32, device=x.device)
+    s = torch.tensor([255.0 * v for v in std], dtype=torch.float32, device=x.device)
+    x = (x.to(torch.float32) - m.view(base, 1, 1)) / s.view(base, 1, 1)
     return x.reshape(x.shape[:-4] + (x.shape[-4] * base,) + x.shape[-2:])

@@ -138,14 +138,15 @@ def train(ctx, **params):
             num_classes=p["num_classes"], epochs=p["epochs"], iterations=p["iterations"],
             batch_size=p["batch_size"], lr=p["lr"], lr_steps=p["lr_steps"],
             lr_gamma=p["lr_gamma"], momentum=p["momentum"], weight_decay=p["weight_decay"],
-            clip_grad=p["clip_grad"], amp=p["amp"], channels_last=p["channels_last"],
+            clip_grad=p["clip_grad"], amp=p["amp"],
             sync_bn=p["sync_bn"], workers=p["workers"], threads=p["threads"], device=p["device"], seed=p["seed"],
             deterministic=p["deterministic"], val_every=p["val_every"], flip=p["flip"])
         model_kwargs = dict(
             arch=p["arch"], num_segments=p["num_segments"], new_length=p["new_length"],
             consensus=p["consensus"], dropout=p["dropout"], partial_bn=p["partial_bn"],
             freeze_bn=p["freeze_bn"], pretrained=p["pretrained"],
-            cross_modality_init=p["cross_modality"], input_size=p["input_size"])
+            cross_modality_init=p["cross_modality"], input_size=p["input_size"],
+            channels_last=p["channels_last"])
         from ..model import ModelConfig
 
         ModelConfig(modality=p["modality"], num_classes=p["num_classes"] or 1, **model_kwargs)
