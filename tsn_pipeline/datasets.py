@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .store import check_video_id
 from .videolist import (VideoItem, VideoList, VideoListError, from_csv,
-                        from_directory, video_id_from_path)
+                        from_directory, parse_labels, video_id_from_path)
 
 SPLITS = (1, 2, 3)
 _MAX_LISTED = 5
@@ -360,19 +360,21 @@ def _from_rows(path: Path, rows: List[List[str]]):
         if len(cells) not in (2, 3) or not cells[0] or not cells[1]:
             raise DatasetError(f"{path}:{n}: expected 'path,label[,split]', got {','.join(row)!r}")
         parsed.append((n, cells[0], cells[1], cells[2] if len(cells) == 3 else ""))
-    numeric = all(lab.isdigit() for _, _, lab, _ in parsed)
-    if numeric:
-        classes = [str(i) for i in range(max(int(lab) for _, _, lab, _ in parsed) + 1)]
-    else:
-        if any(lab.isdigit() for _, _, lab, _ in parsed):
-            bad = next(f"{path}:{n}" for n, _, lab, _ in parsed if lab.isdigit())
-            raise DatasetError(f"{bad}: labels mix class names and numbers; use one kind")
+    try:
+        labels = parse_labels([(n, lab) for n, _, lab, _ in parsed], str(path))
+    except VideoListError as exc:
+        raise DatasetError(str(exc)) from None
+    if labels is None:
         classes = sorted({lab for _, _, lab, _ in parsed})
-    index = {c: i for i, c in enumerate(classes)}
+        index = {c: i for i, c in enumerate(classes)}
+        labels = [index[lab] for _, _, lab, _ in parsed]
+    else:
+        classes = [str(i) for i in range(max(labels) + 1)]
     items = []
-    for n, p, lab, sp in parsed:
+    for (n, p, _, sp), label in zip(parsed, labels):
         full = p if os.path.isabs(p) else str(base / p)
-        items.append(VideoItem(_vid(p, f"{path}:{n}"), full, index[lab], lab, sp))
+        items.append(VideoItem(_vid(p, f"{path}:{n}"), full, label,
+                               classes[label] if label >= 0 else "", sp))
     return items, classes
 
 
