@@ -6,7 +6,7 @@ import os
 
 import click
 
-from .options import run_options, shard_options, stage_errors
+from .options import check_device, run_options, shard_options, stage_errors
 
 # option name -> TVL1Params field, for the TV-L1 settings
 _TVL1_OPTIONS = {"tau": "tau", "lambda_": "lambda_", "theta": "theta", "nscales": "nscales",
@@ -41,6 +41,17 @@ def _select_shards(paths, shard_index, num_shards):
     return chosen
 
 
+def _device(ctx, param, value):
+    """--device must exist: a CUDA device of torch or of OpenCV (the opencv-cuda backend)."""
+    if value in ("auto", "cpu"):
+        return value
+    import torch
+
+    from ..flow.opencv import cuda_device_count
+
+    return check_device(value, max(torch.cuda.device_count(), cuda_device_count()))
+
+
 @click.command()
 @click.argument("frames", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
@@ -60,7 +71,7 @@ def _select_shards(paths, shard_index, num_shards):
               default="auto", show_default=True,
               help="auto: opencv-cuda if cv2 has CUDA, else torch on CUDA, else torch on CPU "
                    "(opencv if no C++ compiler for --compile).")
-@click.option("--device", default="auto", show_default=True,
+@click.option("--device", default="auto", show_default=True, callback=_device,
               help="torch device: auto (cuda if available), cpu, cuda, cuda:1 ...")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Frame pairs per torch batch, across videos [default: 128 on CUDA, 8 on CPU].")
