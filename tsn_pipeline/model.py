@@ -516,20 +516,16 @@ def build_model(cfg: ModelConfig) -> TSN:
 def load_checkpoint(path, map_location="cpu") -> Tuple[TSN, ModelConfig, Dict[str, Any]]:
     """Checkpoint of ``tsn train`` -> ``(model in eval mode, ModelConfig, train config dict)``.
 
-    Loaded with ``torch.load(weights_only=True)``: configs are stored as JSON strings. The
-    model is rebuilt without reading the ImageNet file again (its weights are in the
+    Read by ``checkpoint.read_checkpoint`` (``torch.load(weights_only=True)``; configs are
+    JSON strings; a bad file is a ``CheckpointError``, a ValueError). The model is rebuilt without reading the ImageNet file again (its weights are in the
     checkpoint).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!s} does not exist")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a tsn-pipeline checkpoint (format "
-                         f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt)!r}, "
-                         f"expected {CHECKPOINT_FORMAT!r})")
-    cfg = ModelConfig.from_dict(json.loads(ckpt["model_config"]))
+    from .checkpoint import load_weights, model_config, read_checkpoint
+
+    ckpt = read_checkpoint(path, map_location)
+    cfg = model_config(ckpt, path)
     model = build_model(_without_pretrained(cfg))
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt, path)
     model.eval()
     if map_location not in (None, "cpu") and not callable(map_location):
         model.to(map_location)
