@@ -336,6 +336,10 @@ def find_video_dirs(root, prefixes: Sequence[str]) -> List[RawItem]:
     return [RawItem(d.name, str(d)) for d in flat]
 
 
+_LIST_LINE = re.compile(r"(.+?)\s+(-?\d+)\s+(-?\d+)")
+_LIST_LINE_NO_LABEL = re.compile(r"(.+?)\s+(-?\d+)")
+
+
 def items_from_list(root, list_file) -> Tuple[List[RawItem], List[str]]:
     """Items named by a list: our CSV (ids, labels, classes, splits) or an mmaction2/TSN list
     ``<video dir> <num frames> <label>`` (dir relative to ``root``). Returns (items, classes)."""
@@ -353,19 +357,20 @@ def items_from_list(root, list_file) -> Tuple[List[RawItem], List[str]]:
         return items, list(vl.classes)
     items = []
     try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
+        lines = list_file.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise RawframesError(f"{list_file}: cannot read ({exc})") from exc
     for n, line in enumerate(lines, start=1):
-        parts = line.split()
-        if not parts:
+        if not line.strip():
             continue
-        if len(parts) < 2 or not all(p.lstrip("-").isdigit() for p in parts[1:]):
+        # the folder is everything before the numbers: ids may hold spaces ("my clip 3 10 2")
+        match = _LIST_LINE.fullmatch(line.strip()) or _LIST_LINE_NO_LABEL.fullmatch(line.strip())
+        if match is None:
             raise RawframesError(f"{list_file}:{n}: expected '<video dir> <num frames> <label>', "
                                  f"got {line!r}")
-        rel = parts[0].rstrip("/")
+        rel = match.group(1).rstrip("/")
         folder = Path(rel) if os.path.isabs(rel) else root / rel
-        label = int(parts[2]) if len(parts) > 2 else -1
+        label = int(match.group(3)) if match.lastindex == 3 else -1
         try:
             vid = store.check_video_id(os.path.basename(rel))
         except ValueError as exc:

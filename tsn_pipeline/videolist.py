@@ -63,10 +63,12 @@ def video_id_from_path(path: str) -> str:
     """The file stem: ``ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi`` -> ``v_ApplyEyeMakeup_g08_c01``.
 
     This is the name dense_flow, mmaction2 and the TSN list files use for a video's folder.
+    White space around the stem is dropped (`` a.avi`` -> ``a``): ids never start or end
+    with it (they name folders and list entries).
     """
     name = os.path.basename(str(path))
     stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
-    return check_video_id(stem)
+    return check_video_id(stem.strip())
 
 
 def from_directory(root, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> VideoList:
