@@ -100,9 +100,10 @@ def load_weights(model, ckpt: Dict[str, Any], path) -> None:
 
 def check_classes(path, num_classes: int, class_lists: Sequence[Optional[Sequence[str]]],
                   labels: Dict[str, int], where: str) -> None:
-    """Refuse data whose classes are not the checkpoint's: a label outside
-    ``0..num_classes - 1``, or a named class list of the data (the ``classes`` of its shards;
-    lists numbered ``0..k`` only say which labels were seen) of another length."""
+    """Refuse data of more classes than the checkpoint has: a label outside
+    ``0..num_classes - 1``, or a ``classes`` list of the data (its shards' root attribute)
+    longer than ``num_classes``. A shorter list is no proof (a subset's list ends at its
+    largest label), so it is allowed."""
     bad = sorted((v, lab) for v, lab in labels.items() if lab >= num_classes)
     if bad:
         shown = ", ".join(f"{v!r} (label {lab})" for v, lab in bad[:3])
@@ -110,10 +111,8 @@ def check_classes(path, num_classes: int, class_lists: Sequence[Optional[Sequenc
                               f"labels outside 0..{num_classes - 1}: {shown}"
                               f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}; use the "
                               "checkpoint of this dataset")
-    for names in class_lists:
-        if names is None or list(names) == [str(i) for i in range(len(names))]:
-            continue
-        if len(names) != num_classes:
-            raise CheckpointError(f"{path} was trained for {num_classes} classes, but {where} "
-                                  f"has {len(names)} classes ({', '.join(names[:3])}, ...); "
-                                  "use the checkpoint of this dataset")
+    longest = max((list(c) for c in class_lists if c is not None), key=len, default=[])
+    if len(longest) > num_classes:
+        raise CheckpointError(f"{path} was trained for {num_classes} classes, but {where} has "
+                              f"{len(longest)} classes ({', '.join(longest[:3])}, ...); use "
+                              "the checkpoint of this dataset")

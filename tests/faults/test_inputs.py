@@ -119,6 +119,12 @@ def test_checkpoints_of_other_classes_or_models_are_refused(run, tmp_path, cli_r
                                tmp_path / "scores", "--no-progress"),
                     f"{ckpt} was trained for 2 classes, but the input shards in "
                     f"{run / 'frames3'} has labels outside 0..1: 'c0' (label 2)")
+    lst = tmp_path / "ab.csv"                  # only videos of labels 0 and 1: the shards'
+    lst.write_text("video_id,path,label\na0,a0.avi,0\nb0,b0.avi,1\n")   # class list decides
+    _one_line_error(cli_runner("score", ckpt, "--frames", run / "frames3", "--list", lst,
+                               "--out", tmp_path / "scores", "--no-progress"),
+                    f"{ckpt} was trained for 2 classes, but the input shards in "
+                    f"{run / 'frames3'} has 3 classes (a, b, c, ...)")
     assert not (tmp_path / "scores").exists() or not list((tmp_path / "scores").glob("*.h5"))
     resumed = tmp_path / "run"
     shutil.copytree(run / "run", resumed)
