@@ -291,9 +291,9 @@ class Lock:
             holder = self.fh.read().strip()
             self.fh.close()
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise StageError(f"another process{f' ({holder})' if holder else ''} is writing "
-                                 f"{self.what} (lock {self.path} is held); refusing to run "
-                                 "twice") from exc
+                raise StageError(f"another process is writing {self.what} ("
+                                 f"{holder + '; ' if holder else ''}lock {self.path} is held); "
+                                 "refusing to run twice") from exc
             raise
         self.fh.seek(0)
         self.fh.truncate()

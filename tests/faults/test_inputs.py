@@ -155,8 +155,8 @@ def test_two_trainings_into_one_folder_the_second_refuses(run, tmp_path):
         second = run_tsn("train", "--frames", run / "frames3", *TINY, "--iterations", "1",
                          "--lr", "0.02", "--out", out, "--overwrite")
         assert second.returncode == 1, second.stderr
-        assert (f"another process (pid {first.pid} on " in second.stderr
-                and f"is writing the training run {out}" in second.stderr)
+        assert (f"another process is writing the training run {out} (pid {first.pid} on "
+                in second.stderr)
         assert "Traceback" not in second.stderr
         assert first.poll() is None                     # the first run goes on
         config = out / "train_config.json"
