@@ -7,7 +7,7 @@ never run code. ``read_checkpoint`` is the one reader (``model.load_checkpoint``
 not those of the data it is given. Errors say what was expected and what was found:
 
     run/checkpoint.pt: damaged or truncated checkpoint (5,000 bytes; torch: ...); ...
-    r50.pth: not a checkpoint of `tsn train` (found a plain state dict of 320 tensors, ...)
+    r50.pth: not a tsn-pipeline checkpoint (found a plain state dict of 320 tensors, ...)
 """
 from __future__ import annotations
 
@@ -64,12 +64,12 @@ def read_checkpoint(path, map_location="cpu", keys: Sequence[str] = MODEL_KEYS) 
             raise CheckpointError(f"{path}: damaged or truncated checkpoint ({size:,} bytes; "
                                   f"torch: {_first_line(exc)}); use another copy or train "
                                   "again") from None
-        raise CheckpointError(f"{path}: not a checkpoint of `tsn train` ({size:,} bytes that "
+        raise CheckpointError(f"{path}: not a tsn-pipeline checkpoint ({size:,} bytes that "
                               f"torch cannot load: {_first_line(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = (f"format {ckpt['format']!r}" if isinstance(ckpt, dict) and "format" in ckpt
                  else _found(ckpt))
-        raise CheckpointError(f"{path}: not a checkpoint of `tsn train` (expected format "
+        raise CheckpointError(f"{path}: not a tsn-pipeline checkpoint (expected format "
                               f"{CHECKPOINT_FORMAT!r}, found {found})")
     missing = [k for k in keys if k not in ckpt]
     if missing:

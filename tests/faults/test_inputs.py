@@ -87,7 +87,7 @@ def _bad_checkpoint(kind: str, good: Path, path: Path) -> str:
         return "damaged or truncated checkpoint (4,000 bytes; torch: "
     if kind == "text":
         path.write_text("not a checkpoint\n")
-        return "not a checkpoint of `tsn train` (17 bytes that torch cannot load"
+        return "not a tsn-pipeline checkpoint (17 bytes that torch cannot load"
     torch.save({"conv1.weight": torch.zeros(2, 3, 1, 1), "fc.bias": torch.zeros(2)}, path)
     return ("expected format 'tsn-pipeline-checkpoint-1', found a plain state dict of 2 "
             "tensors, e.g. ImageNet weights: give those to `tsn train --pretrained`")
