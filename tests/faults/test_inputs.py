@@ -140,6 +140,7 @@ def test_checkpoints_of_other_classes_or_models_are_refused(run, tmp_path, cli_r
 
 
 # -- training runs -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_trainings_into_one_folder_the_second_refuses(run, tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen(
