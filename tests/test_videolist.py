@@ -72,6 +72,17 @@ def test_labels_that_are_no_class_index_are_an_error(videos, tmp_path, cli_runne
         assert result.exit_code == 1, result.output
         assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out.csv").exists() and not (tmp_path / "frames").exists()
+    if label != "1.0":      # the mmaction2 list of import-rawframes: same rule, same message
+        for vid in ("v0", "v1"):
+            (tmp_path / "raw" / vid).mkdir(parents=True)
+            (tmp_path / "raw" / vid / "img_00001.jpg").write_bytes(
+                store.encode_image(np.zeros((8, 8, 3), np.uint8)))
+        txt = _write(tmp_path / "list.txt", f"v0 1 0\nv1 1 {label}\n")
+        result = cli_runner("import-rawframes", tmp_path / "raw", "--list", txt, "--frames-out",
+                            tmp_path / "imported", "--no-progress")
+        assert result.exit_code == 1, result.output
+        assert message.replace("line 3", "line 2") in result.output
+        assert not (tmp_path / "imported").exists()
 
 
 def test_a_byte_order_mark_keeps_the_first_column(videos, tmp_path, cli_runner):

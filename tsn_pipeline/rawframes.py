@@ -29,7 +29,7 @@ import re
 import shutil
 import struct
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -355,7 +355,7 @@ def items_from_list(root, list_file) -> Tuple[List[RawItem], List[str]]:
                 folder = root / it.class_name / it.video_id
             items.append(RawItem(it.video_id, str(folder), "", it.label, it.class_name, it.split))
         return items, list(vl.classes)
-    items = []
+    items, labels = [], []
     try:
         lines = list_file.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -370,13 +370,20 @@ def items_from_list(root, list_file) -> Tuple[List[RawItem], List[str]]:
                                  f"got {line!r}")
         rel = match.group(1).rstrip("/")
         folder = Path(rel) if os.path.isabs(rel) else root / rel
-        label = int(match.group(3)) if match.lastindex == 3 else -1
         try:
             vid = store.check_video_id(os.path.basename(rel))
         except ValueError as exc:
             raise RawframesError(f"{list_file}:{n}: {exc}") from exc
         parent = os.path.basename(os.path.dirname(rel))
-        items.append(RawItem(vid, str(folder), "", label, parent))
+        items.append(RawItem(vid, str(folder), "", -1, parent))
+        labels.append((n, match.group(3) if match.lastindex == 3 else ""))
+    from .videolist import VideoListError, parse_labels
+
+    try:        # integers within -1..MAX_CLASSES - 1 (the regex admits only integers)
+        values = parse_labels(labels, str(list_file))
+    except VideoListError as exc:
+        raise RawframesError(str(exc)) from None
+    items = [replace(it, label=v) for it, v in zip(items, values)]
     top = max([it.label for it in items] or [-1])
     classes = [str(i) for i in range(top + 1)]
     names: Dict[int, set] = {}
