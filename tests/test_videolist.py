@@ -44,8 +44,9 @@ def test_integer_labels_are_stored_as_given(videos, tmp_path, cli_runner):
 @pytest.mark.parametrize("header", [True, False])
 def test_mixed_label_kinds_are_an_error_naming_the_rows(videos, tmp_path, cli_runner, header):
     rows = [f"v/v{i}.avi,{lab}" for i, lab in enumerate(["1", "2", "walk", "10"])]
+    rows.insert(1, "")                 # blank lines are skipped but counted
     lst = _write(tmp_path / "list.csv", ("path,label\n" if header else "") + "\n".join(rows) + "\n")
-    line = 4 if header else 3
+    line = 5 if header else 4
     expected = (f"labels mix class names and numbers: line {line} ('walk') is a class name, "
                 "the other 3 labels are numbers")
     commands = [("make-list", "generic", lst, "--out", tmp_path / "out.csv")]

@@ -99,25 +99,31 @@ def from_directory(root, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> VideoL
     return VideoList(tuple(items), tuple(classes))
 
 
+def read_csv_rows(path) -> List[Tuple[int, List[str]]]:
+    """``(line number, cells)`` of the non-blank rows of a UTF-8 CSV, with or without the
+    byte order mark spreadsheet programs write (raises OSError, UnicodeDecodeError, csv.Error)."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        return [(reader.line_num, r) for r in reader if any(c.strip() for c in r)]
+
+
 def from_csv(path) -> VideoList:
     path = Path(path)
     try:
         # utf-8-sig: spreadsheet programs start the file with a byte order mark
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            table = [r for r in csv.reader(fh) if any(c.strip() for c in r)]
+        table = read_csv_rows(path)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise VideoListError(f"{path}: cannot read list file ({exc})") from exc
     if len(table) < 2:
         raise VideoListError(f"{path}: list file has no rows (expected a header with at "
                              f"least 'path', then one video per line)")
-    header = [c.strip().lower() for c in table[0]]
+    header = [c.strip().lower() for c in table[0][1]]
     unknown = [c for c in header if c not in CSV_COLUMNS]
     if unknown or "path" not in header:
         what = f"unknown columns {unknown}" if unknown else "no 'path' column"
-        raise VideoListError(f"{path}: {what} in the header {table[0]}; the known columns are "
-                             f"{', '.join(CSV_COLUMNS)} ('path' is required)")
-    rows = [(line, dict(zip(header, (c.strip() for c in r))))
-            for line, r in enumerate(table[1:], start=2)]
+        raise VideoListError(f"{path}: {what} in the header {table[0][1]}; the known columns "
+                             f"are {', '.join(CSV_COLUMNS)} ('path' is required)")
+    rows = [(line, dict(zip(header, (c.strip() for c in r)))) for line, r in table[1:]]
     base = path.parent
     labels = parse_labels([(line, r.get("label") or "") for line, r in rows], str(path))
     names = [r.get("class_name") or "" for _, r in rows]
