@@ -3,7 +3,8 @@
 Each stage's command lives in ``tsn_pipeline/commands/<module>.py``; this file only wires them.
 ``--config FILE.toml`` supplies option defaults per command (``[decode]``, ``[flow]``,
 ``[train]`` ...), so the make targets in ``pipelines/`` stay one line; options given on the
-command line win. A section or key that names no command or option is an error (exit 2). Every option can also be set as ``TSN_<COMMAND>_<OPTION>``.
+command line win. A section or key that names no command or option is an error (exit 2).
+Every option can also be set as ``TSN_<COMMAND>_<OPTION>``.
 """
 from __future__ import annotations
 

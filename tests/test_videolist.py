@@ -88,7 +88,8 @@ def test_labels_that_are_no_class_index_are_an_error(videos, tmp_path, cli_runne
 
 def test_a_byte_order_mark_keeps_the_first_column(videos, tmp_path, cli_runner):
     """Spreadsheets save UTF-8 with a BOM; the first column (video_id) must not be lost."""
-    lst = _write(tmp_path / "list.csv", "video_id,path,label\nclip_a,v/v0.avi,1\nclip_b,v/v1.avi,0\n",
+    lst = _write(tmp_path / "list.csv",
+                 "video_id,path,label\nclip_a,v/v0.avi,1\nclip_b,v/v1.avi,0\n",
                  encoding="utf-8-sig")
     assert lst.read_bytes()[:3] == b"\xef\xbb\xbf"
     result = cli_runner("decode", lst, "--out", tmp_path / "frames", *DECODE)
@@ -98,7 +99,8 @@ def test_a_byte_order_mark_keeps_the_first_column(videos, tmp_path, cli_runner):
     shards.close()
     result = cli_runner("make-list", "generic", lst, "--out", tmp_path / "out.csv")
     assert result.exit_code == 0, result.output
-    assert [it.video_id for it in load_video_list(tmp_path / "out.csv").items] == ["clip_a", "clip_b"]
+    listed = load_video_list(tmp_path / "out.csv").items
+    assert [it.video_id for it in listed] == ["clip_a", "clip_b"]
     # the rawframes list reader is the same one: ids from the column, not from the paths
     for vid in ("clip_a", "clip_b"):
         (tmp_path / "raw" / vid).mkdir(parents=True)
@@ -112,8 +114,9 @@ def test_a_byte_order_mark_keeps_the_first_column(videos, tmp_path, cli_runner):
     shards.close()
 
 
-@pytest.mark.parametrize("header,row,unknown", [("file,label", "v/v0.avi,1", "['file']"),
-                                                 ("video_id,path,lable", "a,v/v0.avi,1", "['lable']")])
+@pytest.mark.parametrize("header,row,unknown", [
+    ("file,label", "v/v0.avi,1", "['file']"),
+    ("video_id,path,lable", "a,v/v0.avi,1", "['lable']")])
 def test_a_header_of_unknown_columns_is_an_error_listing_the_known_ones(
         videos, tmp_path, cli_runner, header, row, unknown):
     lst = _write(tmp_path / "list.csv", f"{header}\n{row}\n")

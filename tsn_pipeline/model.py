@@ -517,8 +517,8 @@ def load_checkpoint(path, map_location="cpu") -> Tuple[TSN, ModelConfig, Dict[st
     """Checkpoint of ``tsn train`` -> ``(model in eval mode, ModelConfig, train config dict)``.
 
     Read by ``checkpoint.read_checkpoint`` (``torch.load(weights_only=True)``; configs are
-    JSON strings; a bad file is a ``CheckpointError``, a ValueError). The model is rebuilt without reading the ImageNet file again (its weights are in the
-    checkpoint).
+    JSON strings; a bad file is a ``CheckpointError``, a ValueError). The model is rebuilt
+    without reading the ImageNet file again (its weights are in the checkpoint).
     """
     from .checkpoint import load_weights, model_config, read_checkpoint
 
