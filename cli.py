@@ -3,7 +3,8 @@
 Each stage's command lives in ``tsn_pipeline/commands/<module>.py``; this file only wires them.
 ``--config FILE.toml`` supplies option defaults per command (``[decode]``, ``[flow]``,
 ``[train]`` ...), so the make targets in ``pipelines/`` stay one line; options given on the
-command line win. Every option can also be set as ``TSN_<COMMAND>_<OPTION>``.
+command line win. A section or key that names no command or option is an error (exit 2).
+Every option can also be set as ``TSN_<COMMAND>_<OPTION>``.
 """
 from __future__ import annotations
 
@@ -53,12 +54,35 @@ def load_config(path: str) -> dict:
             data = tomllib.load(fh)
     except (OSError, ValueError) as exc:
         raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--config") from exc
-    unknown = sorted(k for k, v in data.items() if isinstance(v, dict) and k not in COMMANDS
-                     and k != "dataset")
+    loose = sorted(k for k, v in data.items() if not isinstance(v, dict))
+    if loose:
+        raise click.BadParameter(f"{path}: keys {loose} are outside a [command] section; put "
+                                 "each under the command it sets (e.g. [decode])",
+                                 param_hint="--config")
+    unknown = sorted(k for k in data if k not in COMMANDS)
     if unknown:
         raise click.BadParameter(f"{path}: sections {unknown} name no command "
                                  f"(commands: {sorted(COMMANDS)})", param_hint="--config")
-    return {k: v for k, v in data.items() if isinstance(v, dict)}
+    for section, table in data.items():
+        _check_keys(path, section, section, table)
+    return data
+
+
+def _check_keys(path: str, command: str, section: str, table: dict) -> None:
+    """Every key of ``[section]`` must be an option of that command (click would ignore it);
+    ``[train.<modality>]`` tables hold train options for one modality."""
+    from tsn_pipeline.commands.train import MODALITIES
+
+    names = sorted(p.name for p in main.get_command(None, command).params)
+    for key, value in table.items():
+        if isinstance(value, dict) and section == "train" and key in MODALITIES:
+            _check_keys(path, command, f"train.{key}", value)
+            continue
+        if key not in names:
+            hint = f"; write {key.replace('-', '_')!r}" if "-" in key else ""
+            raise click.BadParameter(f"{path}: [{section}] key {key!r} is not an option of "
+                                     f"tsn {command}{hint} (options: "
+                                     f"{', '.join(names)})", param_hint="--config")
 
 
 def _version():

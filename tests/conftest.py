@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +94,26 @@ def cli_runner():
         return runner.invoke(cli.main, [str(a) for a in args], catch_exceptions=False, **kwargs)
 
     return invoke
+
+
+@pytest.fixture
+def small_fs():
+    """mount(size, read_only) -> a folder on a fresh tmpfs of that size (root only)."""
+    mounts = []
+
+    def mount(size: str, read_only: bool = False) -> Path:
+        where = Path(tempfile.mkdtemp(prefix="tsn-fs-"))
+        opts = f"size={size}" + (",ro" if read_only else "")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            where.rmdir()
+            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); "
+                        "test_write_error_via_file_size_limit covers the same path")
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", str(where)], check=False)
+        shutil.rmtree(where, ignore_errors=True)

@@ -1,10 +1,8 @@
 """`tsn features`: snippet features read back with plain h5py, indices against the stride."""
 import json
-from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from cli import main

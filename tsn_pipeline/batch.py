@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
 import time
 import traceback
@@ -304,9 +305,13 @@ def _iter_results(kind: str, tasks: List[Task], process, batch_process, workers:
 
 
 # -- the runner ---------------------------------------------------------------------------
-class _Lock:
-    def __init__(self, path: Path):
+class Lock:
+    """Exclusive lock on ``path`` (``flock``) for one writer of ``what``; the holder's pid and
+    host are written into the file, so a refused second process can name it."""
+
+    def __init__(self, path: Path, what: str):
         self.path = path
+        self.what = what
         self.fh = None
 
     def __enter__(self):
@@ -317,11 +322,18 @@ class _Lock:
         try:
             fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
+            self.fh.seek(0)
+            holder = self.fh.read().strip()
             self.fh.close()
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise StageError(f"another process is writing {self.path.name[1:-5]} "
-                                 f"(lock {self.path} is held); refusing to run twice") from exc
+                raise StageError(f"another process is writing {self.what} ("
+                                 f"{holder + '; ' if holder else ''}lock {self.path} is held); "
+                                 "refusing to run twice") from exc
             raise
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        self.fh.flush()
         return self
 
     def __exit__(self, *exc):
@@ -378,7 +390,7 @@ def run_stage(*, kind: str, out_dir, shard_index: int, num_shards: int,
     except OSError as exc:
         raise _output_error(out_dir, exc, "create output folder") from exc
     start = time.monotonic()
-    with _Lock(out_dir / f".{name}.lock"):
+    with Lock(out_dir / f".{name}.lock", name):
         if final.exists() and overwrite:
             final.unlink()
             shutil.rmtree(parts, ignore_errors=True)

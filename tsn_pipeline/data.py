@@ -94,16 +94,28 @@ def load_clip(sources, video_id: str, modality: str, indices) -> np.ndarray:
     if idx.size and (idx.min() < 0 or idx.max() >= n):
         raise IndexError(f"video {video_id!r}: indices {idx.min()}..{idx.max()} outside 0..{n - 1}")
     uniq, inverse = np.unique(idx.ravel(), return_inverse=True)
-    if needs(modality) == "frames":
-        data = s.read_frames(video_id, uniq.tolist(), stream="rgb")        # (U, H, W, 3)
-    else:
-        from .flow.reader import read_flow
+    try:
+        if needs(modality) == "frames":
+            data = s.read_frames(video_id, uniq.tolist(), stream="rgb")    # (U, H, W, 3)
+        else:
+            from .flow.reader import read_flow
 
-        try:
             data = read_flow(s, video_id, FLOW_KIND[modality], uniq.tolist(), quantized=True)
-        except StoreError as exc:
-            raise DataError(f"modality {modality!r}: {exc}") from exc
+    except (StoreError, ValueError, IndexError, OSError) as exc:   # damaged bytes or offsets
+        raise DataError(f"{s[video_id].shard}: video {video_id!r} ({modality}, items "
+                        f"{uniq.min()}..{uniq.max()}) cannot be read: {exc}; check the shard "
+                        "with `tsn verify`") from exc
     return data[inverse].reshape(idx.shape + data.shape[1:])
+
+
+def worker_error_message(exc: BaseException) -> str:
+    """The one-line message of an error a DataLoader worker raised (torch re-raises it in the
+    main process with the worker's traceback prepended)."""
+    lines = str(exc).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+        return lines[-1][len(prefix):] if lines[-1].startswith(prefix) else lines[-1]
+    return str(exc)
 
 
 @dataclass(frozen=True)

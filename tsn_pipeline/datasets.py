@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .store import check_video_id
 from .videolist import (VideoItem, VideoList, VideoListError, from_csv,
-                        from_directory, video_id_from_path)
+                        from_directory, parse_labels, read_csv_rows, video_id_from_path)
 
 SPLITS = (1, 2, 3)
 _MAX_LISTED = 5
@@ -294,16 +294,16 @@ def read_class_names(path) -> List[str]:
     return names
 
 
-def _headerless_csv(path: Path) -> Optional[List[List[str]]]:
-    """Rows of a CSV without header (``path,label[,split]``), or None if it has a header."""
+def _headerless_csv(path: Path) -> Optional[List[Tuple[int, List[str]]]]:
+    """``(line, cells)`` of a CSV without header (``path,label[,split]``), or None if it has
+    a header."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = [r for r in csv.reader(fh) if any(c.strip() for c in r)]
+        rows = read_csv_rows(path)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{path}: cannot read list file ({exc})") from exc
     if not rows:
         raise DatasetError(f"{path}: empty list file")
-    first = [c.strip().lower() for c in rows[0]]
+    first = [c.strip().lower() for c in rows[0][1]]
     if "path" in first:
         return None
     return rows
@@ -352,27 +352,29 @@ def generic(source, classes_file=None, check_files: bool = True) -> VideoList:
     return check_items(remapped, fixed, where, check_files)
 
 
-def _from_rows(path: Path, rows: List[List[str]]):
+def _from_rows(path: Path, rows: List[Tuple[int, List[str]]]):
     base = path.parent
     parsed = []
-    for n, row in enumerate(rows, start=1):
+    for n, row in rows:
         cells = [c.strip() for c in row]
         if len(cells) not in (2, 3) or not cells[0] or not cells[1]:
             raise DatasetError(f"{path}:{n}: expected 'path,label[,split]', got {','.join(row)!r}")
         parsed.append((n, cells[0], cells[1], cells[2] if len(cells) == 3 else ""))
-    numeric = all(lab.isdigit() for _, _, lab, _ in parsed)
-    if numeric:
-        classes = [str(i) for i in range(max(int(lab) for _, _, lab, _ in parsed) + 1)]
-    else:
-        if any(lab.isdigit() for _, _, lab, _ in parsed):
-            bad = next(f"{path}:{n}" for n, _, lab, _ in parsed if lab.isdigit())
-            raise DatasetError(f"{bad}: labels mix class names and numbers; use one kind")
+    try:
+        labels = parse_labels([(n, lab) for n, _, lab, _ in parsed], str(path))
+    except VideoListError as exc:
+        raise DatasetError(str(exc)) from None
+    if labels is None:
         classes = sorted({lab for _, _, lab, _ in parsed})
-    index = {c: i for i, c in enumerate(classes)}
+        index = {c: i for i, c in enumerate(classes)}
+        labels = [index[lab] for _, _, lab, _ in parsed]
+    else:
+        classes = [str(i) for i in range(max(labels) + 1)]
     items = []
-    for n, p, lab, sp in parsed:
+    for (n, p, _, sp), label in zip(parsed, labels):
         full = p if os.path.isabs(p) else str(base / p)
-        items.append(VideoItem(_vid(p, f"{path}:{n}"), full, index[lab], lab, sp))
+        items.append(VideoItem(_vid(p, f"{path}:{n}"), full, label,
+                               classes[label] if label >= 0 else "", sp))
     return items, classes
 
 

@@ -576,20 +576,16 @@ def load_checkpoint(path, map_location="cpu") -> Tuple[TSN, ModelConfig, Dict[st
     """Checkpoint of ``tsn train`` / ``tsn convert`` -> ``(model in eval mode, ModelConfig,
     train config dict)``.
 
-    Loaded with ``torch.load(weights_only=True)``: configs are stored as JSON strings. Every
-    weight comes from the checkpoint (the ImageNet file it started from is not read).
+    Read by ``checkpoint.read_checkpoint`` (``torch.load(weights_only=True)``; configs are
+    JSON strings; a bad file is a ``CheckpointError``, a ValueError). Every weight comes from
+    the checkpoint (the ImageNet file it started from is not read).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!s} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a tsn-pipeline checkpoint (format "
-                         f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt)!r}, "
-                         f"expected {CHECKPOINT_FORMAT!r}); `tsn convert` turns tsn-pytorch "
-                         "and mmaction2 weights into one")
-    cfg = ModelConfig.from_dict(json.loads(ckpt["model_config"]))
+    from .checkpoint import load_checkpoint_weights, model_config, read_checkpoint
+
+    ckpt = read_checkpoint(path, map_location)
+    cfg = model_config(ckpt, path)
     model = build_model(cfg)
-    load_weights(model, ckpt["model"], name=str(path))
+    load_checkpoint_weights(model, ckpt, path)
     model.eval()
     if map_location not in (None, "cpu") and not callable(map_location):
         model.to(map_location)

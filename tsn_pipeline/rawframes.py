@@ -29,7 +29,7 @@ import re
 import shutil
 import struct
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -336,6 +336,10 @@ def find_video_dirs(root, prefixes: Sequence[str]) -> List[RawItem]:
     return [RawItem(d.name, str(d)) for d in flat]
 
 
+_LIST_LINE = re.compile(r"(.+?)\s+(-?\d+)\s+(-?\d+)")
+_LIST_LINE_NO_LABEL = re.compile(r"(.+?)\s+(-?\d+)")
+
+
 def items_from_list(root, list_file) -> Tuple[List[RawItem], List[str]]:
     """Items named by a list: our CSV (ids, labels, classes, splits) or an mmaction2/TSN list
     ``<video dir> <num frames> <label>`` (dir relative to ``root``). Returns (items, classes)."""
@@ -351,27 +355,35 @@ def items_from_list(root, list_file) -> Tuple[List[RawItem], List[str]]:
                 folder = root / it.class_name / it.video_id
             items.append(RawItem(it.video_id, str(folder), "", it.label, it.class_name, it.split))
         return items, list(vl.classes)
-    items = []
+    items, labels = [], []
     try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
+        lines = list_file.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise RawframesError(f"{list_file}: cannot read ({exc})") from exc
     for n, line in enumerate(lines, start=1):
-        parts = line.split()
-        if not parts:
+        if not line.strip():
             continue
-        if len(parts) < 2 or not all(p.lstrip("-").isdigit() for p in parts[1:]):
+        # the folder is everything before the numbers: ids may hold spaces ("my clip 3 10 2")
+        match = _LIST_LINE.fullmatch(line.strip()) or _LIST_LINE_NO_LABEL.fullmatch(line.strip())
+        if match is None:
             raise RawframesError(f"{list_file}:{n}: expected '<video dir> <num frames> <label>', "
                                  f"got {line!r}")
-        rel = parts[0].rstrip("/")
+        rel = match.group(1).rstrip("/")
         folder = Path(rel) if os.path.isabs(rel) else root / rel
-        label = int(parts[2]) if len(parts) > 2 else -1
         try:
             vid = store.check_video_id(os.path.basename(rel))
         except ValueError as exc:
             raise RawframesError(f"{list_file}:{n}: {exc}") from exc
         parent = os.path.basename(os.path.dirname(rel))
-        items.append(RawItem(vid, str(folder), "", label, parent))
+        items.append(RawItem(vid, str(folder), "", -1, parent))
+        labels.append((n, match.group(3) if match.lastindex == 3 else ""))
+    from .videolist import VideoListError, parse_labels
+
+    try:        # integers within -1..MAX_CLASSES - 1 (the regex admits only integers)
+        values = parse_labels(labels, str(list_file))
+    except VideoListError as exc:
+        raise RawframesError(str(exc)) from None
+    items = [replace(it, label=v) for it, v in zip(items, values)]
     top = max([it.label for it in items] or [-1])
     classes = [str(i) for i in range(top + 1)]
     names: Dict[int, set] = {}

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -120,7 +121,14 @@ def load_video_scores(paths, modality: Optional[str] = None,
                     raise store.StoreError(
                         f"{shards[vid].shard}: video {vid!r} has no crop_scores; score with "
                         "--save-crops to re-aggregate crops later") from None
-            rows.append(np.asarray(s, dtype=np.float64).mean(axis=0))
+            s = np.asarray(s, dtype=np.float64)
+            if not np.isfinite(s).all():
+                where = np.argwhere(~np.isfinite(s))[0]
+                raise store.StoreError(
+                    f"{shards[vid].shard}: video {vid!r} has a non-finite score "
+                    f"({s[tuple(where)]} at snippet {where[0]}); the model that scored it "
+                    "gave NaN/inf (or the file is damaged): score this video again")
+            rows.append(s.mean(axis=0))
             labels.append(shards[vid].label)
     finally:
         shards.close()
@@ -498,6 +506,7 @@ def run_score(checkpoint, sources, out_dir, cfg: ScoreConfig, shard_index: int =
               progress: bool = True) -> batch.Summary:
     """Score shard ``shard_index`` of ``num_shards``: see the module docstring."""
     from . import data
+    from .checkpoint import check_classes
     from .model import load_checkpoint
 
     dev = resolve_device(device)
@@ -508,6 +517,10 @@ def run_score(checkpoint, sources, out_dir, cfg: ScoreConfig, shard_index: int =
     plan = SnippetPlan(mcfg.modality, mcfg.snippet_length, num_snippets=cfg.num_snippets,
                        input_size=mcfg.input_size, crops=cfg.crops, scale_size=cfg.scale_size)
     tasks, failures = plan_tasks(shards, shard_index, num_shards, split, video_list)
+    check_classes(checkpoint, mcfg.num_classes, [_as_names(r.get("classes"))
+                                                 for r in shards.root.values()],
+                  {t.video_id: t.label for t in tasks},
+                  f"the input shards in {os.path.dirname(str(shards.paths[0])) or '.'}")
     classes = class_names(mcfg, train_cfg, shards)
     config = dict(cfg.to_dict(), modality=mcfg.modality, checkpoint=str(checkpoint),
                   checkpoint_sha256=file_sha256(checkpoint), input_size=mcfg.input_size)

@@ -8,6 +8,7 @@ folder::
     <out>/metrics.jsonl     one JSON line per epoch: loss, top-1, val loss/top-1, lr, clips/s
     <out>/metrics.png       the curves (matplotlib, Agg)
     <out>/train_config.json the resolved training config
+    <out>/.train.lock       held by the process training into <out>: a second one refuses
 
 Checkpoints are written to ``name.tmp`` and renamed, so a killed run leaves a whole file;
 ``resume=True`` continues from ``checkpoint.pt`` to the same final weights as an uninterrupted
@@ -41,6 +42,7 @@ BEST = "best.pt"
 METRICS = "metrics.jsonl"
 PLOT = "metrics.png"
 CONFIG_JSON = "train_config.json"
+LOCK = ".train.lock"       # held by the process writing the run folder
 PLOT_EVERY_S = 30.0     # redraw metrics.png at most this often (and after the last epoch)
 
 # TSN's released recipe (docs/TSN.md, "Training recipe"): lr, lr steps and stop in
@@ -360,6 +362,16 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (int(seed) * 1_000_003 + epoch * 1009 + rank) % (2**63 - 1)
 
 
+def _batches(loader):
+    """The loader's batches; a damaged image is a TrainError naming its shard and video."""
+    from .data import DataError, worker_error_message
+
+    try:
+        yield from loader
+    except DataError as exc:
+        raise TrainError(worker_error_message(exc)) from None
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, cfg: TrainConfig, d: Dist, epoch: int,
                     step: int, stop: int, video_ids: Sequence[str]) -> Tuple[Dict[str, float], int]:
     """One pass (or until ``stop`` optimizer steps). Returns (metrics, step)."""
@@ -372,7 +384,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, cfg: TrainConfig, d: Di
     autocast = torch.autocast(device_type=d.device.type, dtype=torch.bfloat16,
                               enabled=cfg.amp == "bf16")
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    for b, (x, y, idx) in enumerate(loader):
+    for b, (x, y, idx) in enumerate(_batches(loader)):
         if step >= stop:
             break
         x = x.to(d.device, non_blocking=True)
@@ -415,7 +427,7 @@ def evaluate(model, loader, d: Dist, amp: str = "none") -> Dict[str, float]:
     loss_sum, correct, count = 0.0, 0.0, 0.0
     with torch.no_grad(), torch.autocast(device_type=d.device.type, dtype=torch.bfloat16,
                                          enabled=amp == "bf16"):
-        for x, y, _ in loader:
+        for x, y, _ in _batches(loader):
             x, y = x.to(d.device), y.to(d.device)
             out = model(x).float()
             loss_sum += F.cross_entropy(out, y, reduction="sum").item()
@@ -473,8 +485,6 @@ def run_training(cfg: TrainConfig, model_kwargs: Dict[str, Any], out, resume: bo
     from ``cfg`` and the data). ``progress(epoch_metrics)`` is called on the main rank after
     every epoch (the command prints there).
     """
-    import torch
-
     cfg = cfg.resolve()
     out = Path(out)
     d = setup_distributed(cfg.device)
@@ -484,8 +494,26 @@ def run_training(cfg: TrainConfig, model_kwargs: Dict[str, Any], out, resume: bo
     if cfg.sync_bn and d.device.type != "cuda":
         raise TrainError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
     ckpt_path = out / CHECKPOINT
-    if d.main:
+    if not d.main:       # rank 0 holds the run folder's lock for all ranks
+        return _run_locked(cfg, model_kwargs, out, d, ckpt_path, resume, overwrite, progress)
+    try:
         out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainError(f"cannot create the run folder {out}: {exc.strerror or exc}; "
+                         "choose a writable --out") from exc
+    from .batch import Lock, StageError
+
+    try:
+        with Lock(out / LOCK, f"the training run {out}"):
+            return _run_locked(cfg, model_kwargs, out, d, ckpt_path, resume, overwrite, progress)
+    except StageError as exc:
+        raise TrainError(str(exc)) from exc
+
+
+def _run_locked(cfg: TrainConfig, model_kwargs, out: Path, d: Dist, ckpt_path: Path,
+                resume: bool, overwrite: bool, progress) -> Dict[str, Any]:
+    import torch
+
     if ckpt_path.exists() and not resume and not overwrite:
         raise TrainError(f"{out} already holds a run ({CHECKPOINT}); pass --resume to continue "
                          "it or --overwrite to start again")
@@ -514,6 +542,9 @@ def _train(cfg: TrainConfig, model_kwargs, out: Path, d: Dist, ckpt_path: Path, 
     from torch.utils.data import DataLoader, DistributedSampler
 
     from . import data
+    from .batch import config_diff
+    from .checkpoint import (MODEL_KEYS, RESUME_KEYS, load_checkpoint_weights,
+                             read_checkpoint)
     from .model import ModelConfig, build_model, load_weights
 
     sources, train_s, val_s, num_classes = build_datasets(cfg)
@@ -560,12 +591,13 @@ def _train(cfg: TrainConfig, model_kwargs, out: Path, d: Dist, ckpt_path: Path, 
 
     start_epoch, step, best, history = 0, 0, None, []
     if resume:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        ckpt = read_checkpoint(ckpt_path, "cpu", MODEL_KEYS + RESUME_KEYS)
         _resume_check(json.loads(ckpt["train_config"]), cfg, ckpt_path)
-        if json.loads(ckpt["model_config"]) != mcfg.to_dict():
-            raise TrainError(f"{ckpt_path}: model settings differ from this run's; resume with "
-                             "the same options")
-        load_weights(model, ckpt["model"], name=str(ckpt_path))
+        diff = config_diff(json.loads(ckpt["model_config"]), mcfg.to_dict())
+        if diff:
+            raise TrainError(f"{ckpt_path} was trained with another model ({'; '.join(diff[:6])}"
+                             "); resume with the same options, or train into a new --out")
+        load_checkpoint_weights(model, ckpt, ckpt_path)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])

@@ -59,7 +59,7 @@ class VideoInfo:
 
 
 _STREAM_RE = re.compile(r"Stream #\d+:\d+.*?: Video: (?P<codec>[^,\s]+)(?P<rest>.*)")
-_SIZE_RE = re.compile(r", (\d{2,5})x(\d{2,5})[, \[]")
+_SIZE_RE = re.compile(r", (\d{1,5})x(\d{1,5})[, \[]")
 _FPS_RE = re.compile(r", ([\d.]+)(k?) (fps|tbr)")
 _DUR_RE = re.compile(r"Duration: (\d+):(\d+):([\d.]+)")
 _ROT_RE = re.compile(r"rotation of (-?[\d.]+) degrees")

@@ -5,7 +5,8 @@ Reads a folder of videos (class folders become labels) or a CSV list file and pr
 
 CSV columns: ``video_id,path[,label][,class_name][,split]``. ``video_id`` may be left out (the
 file stem is used); relative paths are relative to the CSV's folder; ``label`` is either a
-0-based integer or a class name.
+0-based integer (stored as given) or a class name (classes are then the sorted names), never
+a mix. The file is UTF-8, with or without a byte order mark; an unknown column is an error.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from .store import check_video_id
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".flv",
                     ".wmv", ".3gp", ".ogv", ".ts", ".mts")
 CSV_COLUMNS = ("video_id", "path", "label", "class_name", "split")
+MAX_CLASSES = 1_000_000      # a larger label is a typo, not a class index
 
 
 class VideoListError(ValueError):
@@ -61,10 +63,12 @@ def video_id_from_path(path: str) -> str:
     """The file stem: ``ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi`` -> ``v_ApplyEyeMakeup_g08_c01``.
 
     This is the name dense_flow, mmaction2 and the TSN list files use for a video's folder.
+    White space around the stem is dropped (`` a.avi`` -> ``a``): ids never start or end
+    with it (they name folders and list entries).
     """
     name = os.path.basename(str(path))
     stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
-    return check_video_id(stem)
+    return check_video_id(stem.strip())
 
 
 def from_directory(root, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> VideoList:
@@ -95,66 +99,110 @@ def from_directory(root, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> VideoL
     return VideoList(tuple(items), tuple(classes))
 
 
+def read_csv_rows(path) -> List[Tuple[int, List[str]]]:
+    """``(line number, cells)`` of the non-blank rows of a UTF-8 CSV, with or without the
+    byte order mark spreadsheet programs write (raises OSError, UnicodeDecodeError, csv.Error)."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        return [(reader.line_num, r) for r in reader if any(c.strip() for c in r)]
+
+
 def from_csv(path) -> VideoList:
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
+        # utf-8-sig: spreadsheet programs start the file with a byte order mark
+        table = read_csv_rows(path)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise VideoListError(f"{path}: cannot read list file ({exc})") from exc
-    if not rows:
+    if len(table) < 2:
         raise VideoListError(f"{path}: list file has no rows (expected a header with at "
                              f"least 'path', then one video per line)")
-    if "path" not in rows[0]:
-        raise VideoListError(f"{path}: no 'path' column (columns: {list(rows[0])}); "
-                             f"expected {', '.join(CSV_COLUMNS)}")
+    header = [c.strip().lower() for c in table[0][1]]
+    unknown = [c for c in header if c not in CSV_COLUMNS]
+    if unknown or "path" not in header:
+        what = f"unknown columns {unknown}" if unknown else "no 'path' column"
+        raise VideoListError(f"{path}: {what} in the header {table[0][1]}; the known columns "
+                             f"are {', '.join(CSV_COLUMNS)} ('path' is required)")
+    rows = [(line, dict(zip(header, (c.strip() for c in r)))) for line, r in table[1:]]
     base = path.parent
-    raw_labels = [(r.get("label") or "").strip() for r in rows]
-    names = [(r.get("class_name") or "").strip() for r in rows]
-    numeric = all(_is_int(x) for x in raw_labels if x)
-    if numeric:
-        top = max([int(x) for x in raw_labels if x] or [-1])
-        classes = [""] * (top + 1)
-        for lab, name in zip(raw_labels, names):
-            if lab and name:
-                if classes[int(lab)] and classes[int(lab)] != name:
-                    raise VideoListError(f"{path}: label {lab} is both {classes[int(lab)]!r} "
-                                         f"and {name!r}")
-                classes[int(lab)] = name
-        classes = [c or str(i) for i, c in enumerate(classes)]
+    labels = parse_labels([(line, r.get("label") or "") for line, r in rows], str(path))
+    names = [r.get("class_name") or "" for _, r in rows]
+    if labels is None:
+        classes = sorted({r["label"] for _, r in rows if r.get("label")})
     else:
-        classes = sorted({x for x in raw_labels if x})
+        classes = [""] * (max(labels + [-1]) + 1)
+        for (line, _), lab, name in zip(rows, labels, names):
+            if lab >= 0 and name:
+                if classes[lab] and classes[lab] != name:
+                    raise VideoListError(f"{path}:{line}: label {lab} is both "
+                                         f"{classes[lab]!r} and {name!r}")
+                classes[lab] = name
+        classes = [c or str(i) for i, c in enumerate(classes)]
     index = {c: i for i, c in enumerate(classes)}
     items = []
-    for line, row in enumerate(rows, start=2):
-        p = (row.get("path") or "").strip()
+    for i, (line, row) in enumerate(rows):
+        p = row.get("path") or ""
         if not p:
             raise VideoListError(f"{path}:{line}: empty path")
         full = Path(p) if os.path.isabs(p) else base / p
         try:
-            vid = check_video_id((row.get("video_id") or "").strip() or video_id_from_path(p))
+            vid = check_video_id(row.get("video_id") or video_id_from_path(p))
         except ValueError as exc:
             raise VideoListError(f"{path}:{line}: {exc}") from exc
-        lab = raw_labels[line - 2]
-        if not lab:
-            label, cls = -1, names[line - 2]
-        elif numeric:
-            label = int(lab)
-            if label < -1:
-                raise VideoListError(f"{path}:{line}: label {label} is negative")
-            cls = names[line - 2] or (classes[label] if label >= 0 else "")
+        if labels is not None:
+            label = labels[i]
+            cls = names[i] or (classes[label] if label >= 0 else "")
+        elif row.get("label"):
+            label, cls = index[row["label"]], row["label"]
         else:
-            label, cls = index[lab], lab
-        items.append(VideoItem(vid, str(full), label, cls, (row.get("split") or "").strip()))
+            label, cls = -1, names[i]
+        items.append(VideoItem(vid, str(full), label, cls, row.get("split") or ""))
     return VideoList(tuple(items), tuple(classes))
 
 
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
+_INT = re.compile(r"-?[0-9]+")
+_NUMBER = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
+
+
+def parse_labels(labels: Sequence[Tuple[int, str]], where: str) -> Optional[List[int]]:
+    """Labels of a list's rows: ``(line, text)`` pairs, ``""`` for none.
+
+    Integers (0-based class indices, -1 for unknown) give their values, as given: never
+    renumbered. Class names give None (the caller numbers the sorted names). A mix of the
+    two kinds, numbers that are not integers (``1.0``) and labels of ``MAX_CLASSES`` or more
+    are errors naming the lines, since each would otherwise renumber labels silently.
+    """
+    given = [(line, t.strip()) for line, t in labels if t.strip()]
+    ints = [(line, t) for line, t in given if _INT.fullmatch(t)]
+    names = [(line, t) for line, t in given if not _INT.fullmatch(t)]
+    floats = [(line, t) for line, t in names if _NUMBER.fullmatch(t)]
+    if floats:
+        raise VideoListError(f"{where}: labels at {_rows(floats)} are numbers but not integers; "
+                             "give 0-based integer class indices or class names")
+    if ints and names:
+        few = ints if len(ints) < len(names) else names
+        kind = ("a number" if few is ints else "a class name") if len(few) == 1 else (
+            "numbers" if few is ints else "class names")
+        hint = (" (if line 1 is a header, name its columns: " + ", ".join(CSV_COLUMNS) + ")"
+                if few[0][0] == 1 else "")
+        other = "class names" if few is ints else "numbers"
+        raise VideoListError(f"{where}: labels mix class names and numbers: {_rows(few)} "
+                             f"{'is' if len(few) == 1 else 'are'} {kind}, the other "
+                             f"{len(given) - len(few)} labels are {other}; use one kind{hint}")
+    if names:
+        return None
+    values = {line: int(t) for line, t in ints}
+    bad = [(line, t) for line, t in ints if not -1 <= values[line] < MAX_CLASSES]
+    if bad:
+        raise VideoListError(f"{where}: labels at {_rows(bad)} outside -1..{MAX_CLASSES - 1} "
+                             "(0-based class indices; -1 or empty for unknown)")
+    return [values.get(line, -1) for line, _ in labels]
+
+
+def _rows(pairs: Sequence[Tuple[int, str]], shown: int = 5) -> str:
+    """``line 3 ('walk'), line 9 ('1.5') and 4 more``"""
+    text = ", ".join(f"line {line} ({t!r})" for line, t in pairs[:shown])
+    return text + (f" and {len(pairs) - shown} more" if len(pairs) > shown else "")
 
 
 def load_video_list(source) -> VideoList:

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -141,29 +140,6 @@ def test_two_processes_on_one_shard_never_corrupt_it(tmp_path):
             assert "another process is writing" in err
     assert store.verify_shard(tmp_path / "out" / "frames-0-of-1.h5") == []
     assert len(store.open_shards(tmp_path / "out")) == 6
-
-
-@pytest.fixture
-def small_fs():
-    """mount(size, read_only) -> a folder on a fresh tmpfs of that size (root only)."""
-    mounts = []
-
-    def mount(size: str, read_only: bool = False) -> Path:
-        where = Path(tempfile.mkdtemp(prefix="tsn-fs-"))
-        opts = f"size={size}" + (",ro" if read_only else "")
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            where.rmdir()
-            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); "
-                        "test_write_error_via_file_size_limit covers the same path")
-        mounts.append(where)
-        return where
-
-    yield mount
-    for where in mounts:
-        subprocess.run(["umount", str(where)], check=False)
-        shutil.rmtree(where, ignore_errors=True)
 
 
 def test_full_disk_names_the_path_and_leaves_no_shard(tmp_path, small_fs):

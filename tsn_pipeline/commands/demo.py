@@ -5,6 +5,8 @@ import json
 
 import click
 
+from .options import cap_workers
+
 
 def _size(ctx, param, value):
     try:
@@ -44,7 +46,8 @@ def _range(ctx, param, value):
 @click.option("--codec", type=click.Choice(["mpeg4", "ffv1", "libx264", "mjpeg", "png"]),
               default="mpeg4", show_default=True, help="Video codec (mpeg4 .avi like UCF101).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              callback=cap_workers)
 @click.option("--overwrite", is_flag=True, help="Rewrite a dataset made with other settings.")
 def make_demo_data(out, num_classes, groups, clips_per_group, test_groups, frames, size, fps,
                    object_speed, pan_speed, codec, seed, workers, overwrite):

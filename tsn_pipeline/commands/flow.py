@@ -3,7 +3,19 @@ from __future__ import annotations
 
 import click
 
-from .options import run_options, run_shards, select_shards, shard_options, stage_errors
+from .options import (check_device, run_options, run_shards, select_shards, shard_options,
+                      stage_errors)
+
+def _device(ctx, param, value):
+    """--device must exist: a CUDA device of torch or of OpenCV (the opencv-cuda backend)."""
+    if value in ("auto", "cpu"):
+        return value
+    import torch
+
+    from ..flow.opencv import cuda_device_count
+
+    return check_device(value, max(torch.cuda.device_count(), cuda_device_count()))
+
 
 @click.command()
 @click.argument("frames", nargs=-1, required=True, type=click.Path(exists=True))
@@ -24,7 +36,7 @@ from .options import run_options, run_shards, select_shards, shard_options, stag
               default="auto", show_default=True,
               help="auto: opencv-cuda if cv2 has CUDA, else torch on CUDA, else torch on CPU "
                    "(opencv if no C++ compiler for --compile).")
-@click.option("--device", default="auto", show_default=True,
+@click.option("--device", default="auto", show_default=True, callback=_device,
               help="torch device: auto (cuda if available), cpu, cuda, cuda:1 ...")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Frame pairs per torch batch, across videos [default: 128 on CUDA, 8 on CPU].")

@@ -37,8 +37,12 @@ def index(folder, kind, num_shards, video_list, out_file, strict):
     expected = None
     if video_list:
         from ..datasets import read_list_ids
+        from ..videolist import VideoListError
 
-        expected = read_list_ids(video_list)
+        try:
+            expected = read_list_ids(video_list)
+        except VideoListError as exc:
+            raise click.ClickException(str(exc)) from exc
     try:
         idx = build_index(folder, kind=kind, num_shards=num_shards, expected_ids=expected)
     except StageIndexError as exc:

@@ -12,6 +12,51 @@ import click
 # Every option can also come from TSN_<COMMAND>_<OPTION> (e.g. TSN_DECODE_WORKERS): cli.py sets
 # click's auto_envvar_prefix.
 
+log = logging.getLogger(__name__)
+
+
+def cap_workers(ctx, param, value):
+    """Callback of every --workers: more processes than the cores this process may use only
+    add memory and contention, so the count is capped there with a warning."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if value is not None and cores and value > cores:
+        log.warning("--workers %d is more than the %d cores this process may use; using %d",
+                    value, cores, cores)
+        return cores
+    return value
+
+
+def check_device(value: str, cuda_devices: int) -> str:
+    """``value`` if it names a device this machine has (auto, cpu, cuda, cuda:N), else a
+    BadParameter saying what exists."""
+    if value in ("auto", "cpu"):
+        return value
+    import torch
+
+    try:
+        dev = torch.device(value)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise click.BadParameter(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N",
+                                 param_hint="--device")
+    if dev.type == "cuda" and not cuda_devices:
+        raise click.BadParameter(f"{value!r}: no CUDA device is visible on this machine; use "
+                                 "--device cpu or auto", param_hint="--device")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= cuda_devices:
+        raise click.BadParameter(f"{value!r}: this machine has {cuda_devices} CUDA device(s), "
+                                 f"cuda:0..cuda:{cuda_devices - 1}", param_hint="--device")
+    return value
+
+
+def torch_device(ctx, param, value):
+    """Callback of --device for the stages that run torch models."""
+    if value in ("auto", "cpu"):
+        return value
+    import torch
+
+    return check_device(value, torch.cuda.device_count())
+
 
 def shard_options(f: Callable) -> Callable:
     """--shard-index/--num-shards: which shards this process writes (see ``select_shards``)."""
@@ -33,7 +78,7 @@ def run_options(f: Callable) -> Callable:
     f = click.option("--overwrite", is_flag=True,
                      help="Redo the shard even if it exists or an unfinished run used other settings.")(f)
     f = click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Worker processes.")(f)
+                     callback=cap_workers, help="Worker processes (at most the cores).")(f)
     return f
 
 

@@ -5,7 +5,8 @@ import json
 
 import click
 
-from .options import run_options, run_shards, select_shards, shard_options, stage_errors
+from .options import (run_options, run_shards, select_shards, shard_options, stage_errors,
+                      torch_device)
 
 
 def input_options(f):
@@ -14,7 +15,7 @@ def input_options(f):
                      show_default=True,
                      help="bf16: run the model under bfloat16 autocast (faster on recent "
                           "GPUs; outputs differ slightly and are stored as float32).")(f)
-    f = click.option("--device", default="auto", show_default=True,
+    f = click.option("--device", default="auto", show_default=True, callback=torch_device,
                      help="torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")(f)
     f = click.option("--batch-size", type=click.IntRange(min=1), default=250, show_default=True,
                      help="Snippet crops per forward pass (several videos are batched).")(f)

@@ -10,6 +10,8 @@ import json
 
 import click
 
+from .options import cap_workers, torch_device
+
 MODALITIES = ("rgb", "flow", "warped", "rgbdiff")
 
 
@@ -31,12 +33,7 @@ def _modality_overrides(ctx, modality: str, params: dict) -> dict:
     table = (ctx.default_map or {}).get(modality)
     if not isinstance(table, dict):
         return params
-    names = {p.name for p in ctx.command.params}
-    unknown = sorted(set(table) - names)
-    if unknown:
-        raise click.BadParameter(f"[train.{modality}] sets unknown options {unknown}",
-                                 param_hint="--config")
-    out = dict(params)
+    out = dict(params)     # cli.load_config checked that every key is an option
     for key, value in table.items():
         if ctx.get_parameter_source(key) in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
             param = next(p for p in ctx.command.params if p.name == key)
@@ -96,13 +93,15 @@ def _modality_overrides(ctx, modality: str, params: dict) -> dict:
               help="Random horizontal flips (TSN). --no-flip for classes a mirror image turns "
                    "into each other (left/right); recorded, so `tsn score` then tests "
                    "without flipped crops.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda.")
+@click.option("--device", default="auto", show_default=True, callback=torch_device,
+              help="auto, cpu, cuda, cuda:N.")
 @click.option("--amp", type=click.Choice(["none", "bf16"]), default="none", show_default=True,
               help="bf16 autocast (CUDA and CPU).")
 @click.option("--channels-last", is_flag=True, help="NHWC memory format (faster on GPUs).")
 @click.option("--sync-bn", is_flag=True, help="SyncBatchNorm across torchrun processes (CUDA).")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
-              help="DataLoader worker processes (per training process).")
+              callback=cap_workers,
+              help="DataLoader worker processes (per training process, at most the cores).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch intra-op threads per process [default: torch's choice]; 1 is "
                    "often fastest for small models on a busy CPU.")
@@ -166,6 +165,10 @@ def train(ctx, **params):
                                overwrite=p["overwrite"], progress=progress)
     except (TrainError, DataError, StoreError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:      # e.g. the disk filled up while writing a checkpoint
+        log.debug("training failed", exc_info=True)
+        raise click.ClickException(f"cannot write {exc.filename or p['out_dir']}: "
+                                   f"{exc.strerror or exc}") from exc
     except ValueError as exc:   # e.g. pretrained weights that do not fit the backbone
         log.debug("training failed", exc_info=True)
         raise click.ClickException(str(exc)) from exc

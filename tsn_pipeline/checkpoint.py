@@ -1,0 +1,120 @@
+"""Reading `tsn train` checkpoints: every way a file can be wrong is one clear line.
+
+A checkpoint is the dict ``train.checkpoint_state`` saves (``model.CHECKPOINT_FORMAT``):
+tensors, numbers and JSON strings, loaded with ``torch.load(weights_only=True)`` so a file can
+never run code. ``read_checkpoint`` is the one reader (``model.load_checkpoint``, `tsn score`,
+`tsn features`, `tsn train --resume`); ``check_classes`` says when a checkpoint's classes are
+not those of the data it is given. Errors say what was expected and what was found:
+
+    run/checkpoint.pt: damaged or truncated checkpoint (5,000 bytes; torch: ...); ...
+    r50.pth: not a tsn-pipeline checkpoint (found a plain state dict of 320 tensors, ...)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+MODEL_KEYS = ("format", "model", "model_config")
+RESUME_KEYS = ("train_config", "optimizer", "scheduler", "epoch", "step", "best", "history",
+               "torch_rng")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked (the message names the file and why)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _found(obj: Any) -> str:
+    import torch
+
+    if isinstance(obj, dict):
+        tensors = sum(isinstance(v, torch.Tensor) for v in obj.values())
+        if obj and tensors == len(obj):
+            return (f"a plain state dict of {tensors} tensors, e.g. ImageNet weights: give "
+                    "those to `tsn train --pretrained`")
+        keys = sorted(map(str, obj))
+        return f"a dict with keys {keys[:8]}{' ...' if len(keys) > 8 else ''}"
+    return f"a {type(obj).__name__}"
+
+
+def read_checkpoint(path, map_location="cpu", keys: Sequence[str] = MODEL_KEYS) -> Dict[str, Any]:
+    """The checkpoint dict at ``path`` holding ``keys``, or a ``CheckpointError``."""
+    import torch
+
+    from .model import CHECKPOINT_FORMAT
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), expected a checkpoint of `tsn "
+                              "train`")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:   # torch raises many types for bad bytes; none is worth a traceback
+        with open(path, "rb") as fh:
+            zipped = fh.read(4) == b"PK\x03\x04"
+        if zipped:
+            raise CheckpointError(f"{path}: damaged or truncated checkpoint ({size:,} bytes; "
+                                  f"torch: {_first_line(exc)}); use another copy or train "
+                                  "again") from None
+        raise CheckpointError(f"{path}: not a tsn-pipeline checkpoint ({size:,} bytes that "
+                              f"torch cannot load: {_first_line(exc)})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        found = (f"format {ckpt['format']!r}" if isinstance(ckpt, dict) and "format" in ckpt
+                 else _found(ckpt))
+        raise CheckpointError(f"{path}: not a tsn-pipeline checkpoint (expected format "
+                              f"{CHECKPOINT_FORMAT!r}, found {found})")
+    missing = [k for k in keys if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {missing}, which `tsn train` writes; "
+                              "use the checkpoint.pt or best.pt of a run")
+    return ckpt
+
+
+def model_config(ckpt: Dict[str, Any], path):
+    """The ``ModelConfig`` stored in a checkpoint read by ``read_checkpoint``."""
+    from .model import ModelConfig
+
+    try:
+        return ModelConfig.from_dict(json.loads(ckpt["model_config"]))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unusable model settings in the checkpoint "
+                              f"({_first_line(exc)})") from None
+
+
+def load_checkpoint_weights(model, ckpt: Dict[str, Any], path) -> None:
+    """``model.load_weights`` of ``ckpt["model"]``, with a one-line error when they do not fit."""
+    from .model import load_weights
+
+    try:
+        load_weights(model, ckpt["model"], name=str(path))
+    except (ValueError, RuntimeError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: the stored weights do not fit the stored model "
+                              f"settings ({_first_line(exc)})") from None
+
+
+def check_classes(path, num_classes: int, class_lists: Sequence[Optional[Sequence[str]]],
+                  labels: Dict[str, int], where: str) -> None:
+    """Refuse data of more classes than the checkpoint has: a label outside
+    ``0..num_classes - 1``, or a ``classes`` list of the data (its shards' root attribute)
+    longer than ``num_classes``. A shorter list is no proof (a subset's list ends at its
+    largest label), so it is allowed."""
+    bad = sorted((v, lab) for v, lab in labels.items() if lab >= num_classes)
+    if bad:
+        shown = ", ".join(f"{v!r} (label {lab})" for v, lab in bad[:3])
+        raise CheckpointError(f"{path} was trained for {num_classes} classes, but {where} has "
+                              f"labels outside 0..{num_classes - 1}: {shown}"
+                              f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}; use the "
+                              "checkpoint of this dataset")
+    longest = max((list(c) for c in class_lists if c is not None), key=len, default=[])
+    if len(longest) > num_classes:
+        raise CheckpointError(f"{path} was trained for {num_classes} classes, but {where} has "
+                              f"{len(longest)} classes ({', '.join(longest[:3])}, ...); use "
+                              "the checkpoint of this dataset")
