@@ -6,7 +6,7 @@ import os
 
 import click
 
-from .options import run_options, shard_options, stage_errors
+from .options import run_options, shard_options, stage_errors, usable_cores
 
 # option name -> TVL1Params field, for the TV-L1 settings
 _TVL1_OPTIONS = {"tau": "tau", "lambda_": "lambda_", "theta": "theta", "nscales": "nscales",
@@ -88,7 +88,7 @@ def _select_shards(paths, shard_index, num_shards):
 @click.option("--min-inliers", type=click.IntRange(min=0), default=25, show_default=True,
               help="Warped flow: identity homography unless more RANSAC inliers than this.")
 @shard_options
-@run_options
+@run_options(all_cores=True)
 @stage_errors
 def flow(frames, out_dir, kind, step, bound, encoding, quality, backend, device, batch_size,
          compile, tau, lambda_, theta, nscales, warps, epsilon, iterations, scale_step, interp,
@@ -100,6 +100,9 @@ def flow(frames, out_dir, kind, step, bound, encoding, quality, backend, device,
     flow shard i with the same video ids, N-STEP flow fields per video. Without
     --shard-index (and outside a SLURM array) every given shard is processed. Prints one JSON
     summary per shard; exits 1 if any video failed (reasons in <out>/flow-<i>-of-<n>.failures.json).
+    On CPU --workers processes (default: every usable core) run one video each on one
+    thread, whatever the backend; torch on a CUDA device runs one process that batches pairs
+    of many videos on the device.
     """
     import dataclasses
 
@@ -134,6 +137,8 @@ def flow(frames, out_dir, kind, step, bound, encoding, quality, backend, device,
         raise click.BadParameter(str(exc)) from exc
     if batch_size is None:
         batch_size = 128 if dev.startswith("cuda") else 8
+    if workers is None:
+        workers = 1 if backend_name == "torch" and dev.startswith("cuda") else usable_cores()
     failed = []
     for shard in _select_shards(frames, shard_index, num_shards):
         summary = run_flow(shard, out_dir, cfg, device=dev, compile=compile and backend_name == "torch",
