@@ -11,6 +11,15 @@ from tsn_pipeline import store
 PATTERNS = [[0], [7], [2, 3, 4], [4, 0, 2], [1, 1, 2], [5, 6, 0, 1], list(range(8))]
 
 
+def decoded_as_before(payloads, color=True):
+    """What the reader returned before: cv2's BGR decode, converted, stacked."""
+    import cv2
+
+    imgs = [cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR if color
+                         else cv2.IMREAD_GRAYSCALE) for p in payloads]
+    return np.stack([cv2.cvtColor(i, cv2.COLOR_BGR2RGB) if color else i for i in imgs])
+
+
 def h5py_payloads(path, video_id, stream, indices):
     with h5py.File(path, "r") as f:
         data, off = f[f"videos/{video_id}/{stream}"], f[f"videos/{video_id}/{stream}_offsets"][()]
@@ -35,10 +44,10 @@ def test_reads_equal_plain_h5py_reads_for_any_index_pattern(frame_shard):
             assert shards.read_encoded(vid, "rgb", idx) == want, (vid, idx)
             rgb = shards.read_frames(vid, idx)
             assert rgb.shape == (len(idx), 24, 32, 3) and rgb.dtype == np.uint8
-            np.testing.assert_array_equal(rgb, np.stack([store.decode_image(p) for p in want]))
+            np.testing.assert_array_equal(rgb, decoded_as_before(want))
+            np.testing.assert_array_equal(rgb[0], store.decode_image(want[0]))
             gray = shards.read_gray(vid, "rgb", idx)
-            np.testing.assert_array_equal(
-                gray, np.stack([store.decode_image(p, color=False) for p in want]))
+            np.testing.assert_array_equal(gray, decoded_as_before(want, color=False))
     with pytest.raises(IndexError, match="index 8 outside 0..7"):
         shards.read_encoded("a", "rgb", [2, 8])
     with pytest.raises(store.StoreError, match="no stream 'tvl1_x'"):
@@ -74,3 +83,15 @@ def test_a_shard_rewritten_after_open_is_refused_not_misread(frame_shard, cli_ru
     with pytest.raises(store.StoreError, match="changed after it was opened"):
         shards.read_frames("a", [0])
     assert store.open_shards(frame_shard).read_frames("a", [0]).shape == (1, 36, 48, 3)
+
+
+def test_png_and_jpeg_decode_to_the_pixels_of_the_old_decoder():
+    img = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    png, jpeg = store.encode_image(img, "png"), store.encode_image(img, "jpeg", 90)
+    np.testing.assert_array_equal(store.decode_image(png), img)        # lossless, RGB order
+    np.testing.assert_array_equal(store.decode_images([png, png])[1], img)
+    for payload in (png, jpeg):
+        np.testing.assert_array_equal(store.decode_images([payload, payload]),
+                                      decoded_as_before([payload, payload]))
+    with pytest.raises(store.StoreError, match="one size"):
+        store.decode_images([png, store.encode_image(img[:8], "png")])

@@ -503,16 +503,25 @@ def _file_id(st: os.stat_result):
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def _imread_mode(color: bool):
+    """(imdecode flag, BGR->RGB conversion needed): OpenCV >= 4.11's decoders write RGB
+    themselves (IMREAD_COLOR_RGB, the same pixels without a conversion pass)."""
+    import cv2
+
+    if not color:
+        return cv2.IMREAD_GRAYSCALE, False
+    rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)
+    return (cv2.IMREAD_COLOR, True) if rgb is None else (rgb, False)
+
+
 def decode_images(payloads: Sequence[bytes], color: bool = True) -> np.ndarray:
-    """``decode_image`` of each payload into one array (N, H, W, 3) or (N, H, W), the same
-    pixels, faster: OpenCV >= 4.11's decoders write RGB themselves (older ones: the colour
-    conversion writes straight into the array); no stacking copy."""
+    """``decode_image`` of each payload, into one array (N, H, W, 3) or (N, H, W): no
+    stacking copy (a conversion, where needed, writes straight into the array)."""
     import cv2
 
     if not payloads:
         raise ValueError("no payloads to decode")
-    rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None) if color else None
-    flag = cv2.IMREAD_GRAYSCALE if not color else (rgb_flag or cv2.IMREAD_COLOR)
+    flag, convert = _imread_mode(color)
     out = None
     for k, payload in enumerate(payloads):
         img = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), flag)
@@ -523,7 +532,7 @@ def decode_images(payloads: Sequence[bytes], color: bool = True) -> np.ndarray:
         elif img.shape != out.shape[1:]:
             raise StoreError(f"image {k} is {img.shape[:2]}, image 0 {out.shape[1:3]}: the "
                              "payloads of one read must have one size")
-        if color and not rgb_flag:
+        if convert:
             cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out[k])
         else:
             out[k] = img
@@ -534,11 +543,11 @@ def decode_image(payload: bytes, color: bool = True) -> np.ndarray:
     """JPEG/PNG bytes -> uint8 RGB (H, W, 3) or gray (H, W)."""
     import cv2
 
-    arr = np.frombuffer(payload, dtype=np.uint8)
-    img = cv2.imdecode(arr, cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
+    flag, convert = _imread_mode(color)
+    img = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), flag)
     if img is None:
         raise StoreError(f"undecodable image payload ({len(payload)} bytes)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if color else img
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if convert else img
 
 
 def encode_image(img: np.ndarray, fmt: str = "jpeg", quality: int = 95) -> bytes:
