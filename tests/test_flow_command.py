@@ -14,7 +14,9 @@ from tsn_pipeline import batch, store
 from tsn_pipeline.flow import read_flow, resolve_backend
 from tsn_pipeline.flow.opencv import BackendUnavailable, cuda_device_count
 
-FAST = ["--no-progress", "--no-compile", "--nscales", "3", "--warps", "3"]
+# one process: spawning workers that import torch costs seconds per test on a 2-core box; the
+# worker-process path is tested on its own (test_worker_processes_give_the_same_bytes)
+FAST = ["--no-progress", "--no-compile", "--nscales", "3", "--warps", "3", "--workers", "1"]
 
 
 def write_frames(out: Path, videos: dict, index: int = 0, count: int = 1) -> Path:
@@ -81,7 +83,7 @@ def test_torch_backend_writes_tvl1_and_warped_flow(moving, cli_runner, tmp_path)
 def test_opencv_workers_float16_agree_with_torch_png(moving, cli_runner, tmp_path):
     frames, _ = moving
     r1 = cli_runner("flow", frames, "--out", tmp_path / "cv", "--backend", "opencv",
-                    "--workers", "2", "--encoding", "float16", *FAST)
+                    "--encoding", "float16", *FAST, "--workers", "2")
     assert r1.exit_code == 0, r1.output
     r2 = cli_runner("flow", frames, "--out", tmp_path / "pt", "--backend", "torch",
                     "--encoding", "png", *FAST)
@@ -96,6 +98,35 @@ def test_opencv_workers_float16_agree_with_torch_png(moving, cli_runner, tmp_pat
     # float16 shards quantise on read with the same TSN codec
     assert np.abs(read_flow(cv, "vid_a", "tvl1", [0]).astype(int)
                   - read_flow(pt, "vid_a", "tvl1", [0]).astype(int))[..., 8:-8, 8:-8].mean() < 2
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_bytes(moving, cli_runner, tmp_path):
+    """torch on CPU: --workers 2 (one video per worker process, one thread each) stores the
+    very bytes of one process: flow fields, warped flow and homographies."""
+    frames, _ = moving
+    records = {}
+    for workers in ("1", "2"):
+        out = tmp_path / f"w{workers}"
+        r = cli_runner("flow", frames, "--out", out, "--backend", "torch", "--kind", "both",
+                       "--encoding", "float16", *FAST, "--workers", workers)
+        assert r.exit_code == 0, r.output
+        (summary,) = summaries(r.output)
+        assert summary["ok"] == 2 and summary["failed"] == 0
+        shards = store.open_shards(out, kind="flow")
+        assert shards.root[shards.paths[0]]["runtime"]["workers"] == int(workers)
+        import h5py
+
+        with h5py.File(shards.paths[0], "r") as f:
+            records[workers] = {v: store.read_record(f[store.VIDEOS][v]) for v in shards.ids}
+    assert sorted(records["1"]) == sorted(records["2"]) == ["vid_a", "vid_b"]
+    for vid, one in records["1"].items():
+        two = records["2"][vid]
+        assert sorted(one.arrays) == sorted(two.arrays) == ["tvl1", "warped", "warped_homography"]
+        for name in one.arrays:
+            assert one.arrays[name].tobytes() == two.arrays[name].tobytes(), (vid, name)
+        assert one.attrs == two.attrs
+        assert np.abs(one.arrays["tvl1"]).max() > 0.5          # the texture does move
 
 
 def test_step_two_and_too_short_video_is_a_recorded_failure(tmp_path, cli_runner):

@@ -3,6 +3,7 @@ CPU TV-L1 as a reference, batching invariance, OpenCV-compatible pyramid geometr
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,6 +207,12 @@ def test_compiled_loop_equals_eager():
                   for x in textured_frames(3, 48, 64, seed=1, dx=0.7)])
     compiled = tvl1(f[:2], f[1:], compile=True).numpy()
     eager = tvl1(f[:2], f[1:], compile=False).numpy()
+    # the kernels went to our on-disk cache, for every later process to load
+    from tsn_pipeline.flow.tvl1_torch import compile_cache_dir
+
+    cache = Path(compile_cache_dir())
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache)
+    assert any((cache / "fxgraph").rglob("*")) and any((cache / "aotautograd").rglob("*"))
     d = np.sqrt(((compiled - eager) ** 2).sum(1))
     # fused float order: measured max 1.3e-5 px here; on real frames isolated near-textureless
     # pixels can differ more (see docs/FLOW.md), so bound the bulk and the mean

@@ -346,9 +346,11 @@ class ShardSet:
     >>> shards.ids[:2], shards["v_x_g01_c01"].length  # doctest: +SKIP
     >>> frames = shards.read_frames("v_x_g01_c01", [0, 5, 9])  # (3, H, W, 3) uint8 RGB
 
-    The index is built once in the constructor. Files are opened lazily on first payload
-    access, once per process (the pid is checked), so the object may be pickled into
-    DataLoader workers or joblib processes.
+    The index is built once in the constructor, with where every stream's payloads lie in
+    its file (``_locate_streams``), so a read is one ``os.pread`` per run of consecutive
+    items and no HDF5 lookup. Files are opened lazily on first payload access, once per
+    process (the pid is checked), so the object may be pickled into DataLoader workers or
+    joblib processes.
     """
 
     def __init__(self, paths, kind: Optional[str] = None):
@@ -359,6 +361,8 @@ class ShardSet:
         self._handles: Dict[str, Any] = {}
         self._streams: Dict[Any, Any] = {}
         self._fds: Dict[str, int] = {}
+        self._located: Dict[Any, Any] = {}     # (video_id, stream) -> (file offset, offsets)
+        self._file_ids: Dict[str, Any] = {}    # path -> (dev, inode, size, mtime) at open
         self._pid = os.getpid()
         self._build_index()
 
@@ -374,6 +378,7 @@ class ShardSet:
                     self._check_consistent(path, attrs)
                     kinds.add(attrs["kind"])
                     self.root[path] = attrs
+                    self._file_ids[path] = _file_id(os.stat(path))
                     for vid, group in f[VIDEOS].items():
                         vattrs = read_attrs(group)
                         if vid in self._entries:
@@ -383,6 +388,7 @@ class ShardSet:
                         self._entries[vid] = VideoEntry(
                             vid, path, item_count(attrs["kind"], vattrs),
                             int(vattrs.get("label", -1)), vattrs)
+                        self._locate_streams(vid, group)
             except OSError as exc:
                 raise StoreError(f"{path}: cannot open as HDF5 ({exc})") from exc
         if self.kind is None and kinds:
@@ -416,6 +422,20 @@ class ShardSet:
         for attrs in self.root.values():
             have.setdefault(int(attrs.get("num_shards", 1)), set()).add(int(attrs.get("shard_index", 0)))
         return sorted({i for n, got in have.items() for i in range(n) if i not in got})
+
+    def _locate_streams(self, video_id: str, group) -> None:
+        """Record (byte offset in the file, item offsets) of each stream of a video group
+        stored contiguously and uncompressed (how our writer stores them); other layouts
+        are read through h5py."""
+        names = set(group.keys())
+        for name in names:
+            if name + OFFSETS_SUFFIX not in names:
+                continue
+            data = group[name]
+            base = data.id.get_offset()
+            if base is not None and data.compression is None and data.chunks is None:
+                off = group[name + OFFSETS_SUFFIX][()]
+                self._located[(video_id, name)] = (int(base), off)
 
     def _check_root(self, path: str, attrs: Mapping[str, Any]):
         version = attrs.get("schema_version")
@@ -458,11 +478,14 @@ class ShardSet:
         state["_fds"] = {}
         return state
 
+    def _this_process(self) -> None:
+        if self._pid != os.getpid():   # forked: never reuse the parent's handles
+            self._handles, self._streams, self._fds, self._pid = {}, {}, {}, os.getpid()
+
     def _group(self, video_id: str):
         import h5py
 
-        if self._pid != os.getpid():   # forked: never reuse the parent's handles
-            self._handles, self._streams, self._fds, self._pid = {}, {}, {}, os.getpid()
+        self._this_process()
         path = self[video_id].shard
         f = self._handles.get(path)
         if f is None:
@@ -481,15 +504,26 @@ class ShardSet:
         self._streams = {}
         self._fds = {}
 
-    def _stream(self, video_id: str, stream: str):
-        """(dataset, offsets, raw) of a stream, cached per process: one read of the offsets.
+    def _fd(self, path: str) -> int:
+        """This process's descriptor of ``path``, checked to be the file that was indexed
+        (a shard replaced since, e.g. by ``--overwrite``, would give other bytes)."""
+        self._this_process()
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY)
+            if _file_id(os.fstat(fd)) != self._file_ids[path]:
+                os.close(fd)
+                raise StoreError(f"{path} changed after it was opened (rewritten?); open the "
+                                 "shards again")
+            self._fds[path] = fd
+        return fd
 
-        ``raw`` is ``(fd, byte offset of the buffer in the file)`` when the buffer is stored
-        contiguously and uncompressed (how our writer stores it): payloads are then read with
-        one ``os.pread`` each, bypassing h5py's per-selection overhead.
-        """
+    def _stream(self, video_id: str, stream: str):
+        """(dataset, offsets) of a stream the index could not locate (chunked, compressed or
+        empty), cached per process."""
         key = (video_id, stream)
-        cached = self._streams.get(key) if self._pid == os.getpid() else None
+        self._this_process()
+        cached = self._streams.get(key)
         if cached is None:
             group = self._group(video_id)
             if stream not in group or stream + OFFSETS_SUFFIX not in group:
@@ -498,47 +532,52 @@ class ShardSet:
                     f"(has {sorted(k for k in group if not k.endswith(OFFSETS_SUFFIX))})")
             if len(self._streams) > 4096:
                 self._streams.clear()
-            data = group[stream]
-            raw = None
-            base = data.id.get_offset()
-            if base is not None and data.compression is None and data.chunks is None:
-                path = self[video_id].shard
-                fd = self._fds.get(path)
-                if fd is None:
-                    fd = self._fds[path] = os.open(path, os.O_RDONLY)
-                raw = (fd, int(base))
-            cached = self._streams[key] = (data, group[stream + OFFSETS_SUFFIX][()], raw)
+            cached = self._streams[key] = (group[stream], group[stream + OFFSETS_SUFFIX][()])
         return cached
 
     def read_encoded(self, video_id: str, stream: str, indices: Sequence[int]) -> List[bytes]:
-        """The stored payloads (JPEG/PNG bytes) of ``stream`` at ``indices`` (0-based)."""
-        data, off, raw = self._stream(video_id, stream)
+        """The stored payloads (JPEG/PNG bytes) of ``stream`` at ``indices`` (0-based).
+
+        Located streams: one ``os.pread`` per run of consecutive indices ([4, 5, 6, 9] is
+        two reads)."""
+        located = self._located.get((video_id, stream))
+        if located is None:
+            data, off = self._stream(video_id, stream)
+        else:
+            base, off = located
         n = len(off) - 1
-        out = []
-        for i in indices:
-            i = int(i)
+        idx = [int(i) for i in indices]
+        for i in idx:
             if not 0 <= i < n:
                 raise IndexError(f"video {video_id!r} stream {stream!r}: index {i} outside 0..{n - 1}")
-            a, b = int(off[i]), int(off[i + 1])
-            if raw is None:
-                out.append(data[a:b].tobytes())
-                continue
-            payload = os.pread(raw[0], b - a, raw[1] + a)
-            if len(payload) != b - a:
+        if located is None:
+            return [data[int(off[i]):int(off[i + 1])].tobytes() for i in idx]
+        fd = self._fd(self[video_id].shard)
+        out: List[bytes] = []
+        k = 0
+        while k < len(idx):
+            j = k
+            while j + 1 < len(idx) and idx[j + 1] == idx[j] + 1:
+                j += 1
+            a, b = int(off[idx[k]]), int(off[idx[j] + 1])
+            buf = os.pread(fd, b - a, base + a)
+            if len(buf) != b - a:
                 raise StoreError(f"{self[video_id].shard}: video {video_id!r} stream {stream!r} "
-                                 f"item {i} is cut short (file truncated?)")
-            out.append(payload)
+                                 f"items {idx[k]}..{idx[j]} are cut short (file truncated?)")
+            if k == j:
+                out.append(buf)
+            else:
+                out.extend(buf[int(off[i]) - a:int(off[i + 1]) - a] for i in idx[k:j + 1])
+            k = j + 1
         return out
 
     def read_frames(self, video_id: str, indices: Sequence[int], stream: str = "rgb") -> np.ndarray:
         """Decoded RGB frames ``(len(indices), H, W, 3)`` uint8."""
-        payloads = self.read_encoded(video_id, stream, indices)
-        return np.stack([decode_image(p, color=True) for p in payloads])
+        return decode_images(self.read_encoded(video_id, stream, indices), color=True)
 
     def read_gray(self, video_id: str, stream: str, indices: Sequence[int]) -> np.ndarray:
         """Decoded single-channel images ``(len(indices), H, W)`` uint8 (e.g. flow x or y)."""
-        payloads = self.read_encoded(video_id, stream, indices)
-        return np.stack([decode_image(p, color=False) for p in payloads])
+        return decode_images(self.read_encoded(video_id, stream, indices), color=False)
 
     def check_video(self, video_id: str) -> None:
         """Raise ``StoreError`` naming shard and video unless the video's id, attributes and
@@ -572,15 +611,55 @@ def open_shards(paths, kind: Optional[str] = None) -> ShardSet:
     return shards
 
 
+def _file_id(st: os.stat_result):
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _imread_mode(color: bool):
+    """(imdecode flag, BGR->RGB conversion needed): OpenCV >= 4.11's decoders write RGB
+    themselves (IMREAD_COLOR_RGB, the same pixels without a conversion pass)."""
+    import cv2
+
+    if not color:
+        return cv2.IMREAD_GRAYSCALE, False
+    rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)
+    return (cv2.IMREAD_COLOR, True) if rgb is None else (rgb, False)
+
+
+def decode_images(payloads: Sequence[bytes], color: bool = True) -> np.ndarray:
+    """``decode_image`` of each payload, into one array (N, H, W, 3) or (N, H, W): no
+    stacking copy (a conversion, where needed, writes straight into the array)."""
+    import cv2
+
+    if not payloads:
+        raise ValueError("no payloads to decode")
+    flag, convert = _imread_mode(color)
+    out = None
+    for k, payload in enumerate(payloads):
+        img = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), flag)
+        if img is None:
+            raise StoreError(f"undecodable image payload ({len(payload)} bytes)")
+        if out is None:
+            out = np.empty((len(payloads),) + img.shape, np.uint8)
+        elif img.shape != out.shape[1:]:
+            raise StoreError(f"image {k} is {img.shape[:2]}, image 0 {out.shape[1:3]}: the "
+                             "payloads of one read must have one size")
+        if convert:
+            cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out[k])
+        else:
+            out[k] = img
+    return out
+
+
 def decode_image(payload: bytes, color: bool = True) -> np.ndarray:
     """JPEG/PNG bytes -> uint8 RGB (H, W, 3) or gray (H, W)."""
     import cv2
 
-    arr = np.frombuffer(payload, dtype=np.uint8)
-    img = cv2.imdecode(arr, cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
+    flag, convert = _imread_mode(color)
+    img = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), flag)
     if img is None:
         raise StoreError(f"undecodable image payload ({len(payload)} bytes)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if color else img
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if convert else img
 
 
 def encode_image(img: np.ndarray, fmt: str = "jpeg", quality: int = 95) -> bytes:

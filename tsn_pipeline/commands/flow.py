@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from .options import (check_device, run_options, run_shards, select_shards, shard_options,
-                      stage_errors)
+                      stage_errors, usable_cores)
 
 def _device(ctx, param, value):
     """--device must exist: a CUDA device of torch or of OpenCV (the opencv-cuda backend)."""
@@ -64,7 +64,7 @@ def _device(ctx, param, value):
 @click.option("--min-inliers", type=click.IntRange(min=0), default=25, show_default=True,
               help="Warped flow: identity homography unless more RANSAC inliers than this.")
 @shard_options
-@run_options
+@run_options(all_cores=True)
 @stage_errors
 def flow(frames, out_dir, kind, step, bound, encoding, quality, backend, device, batch_size,
          compile, tau, lambda_, theta, nscales, warps, epsilon, iterations, scale_step, interp,
@@ -77,6 +77,9 @@ def flow(frames, out_dir, kind, step, bound, encoding, quality, backend, device,
     --num-shards defaults to the frame shards' count. Without --shard-index (and outside a
     SLURM array) every shard 0..N-1 is written. Prints one JSON summary line per shard;
     exits 1 if any video failed (reasons in <out>/flow-<i>-of-<n>.failures.json).
+    On CPU --workers processes (default: every usable core) run one video each on one
+    thread, whatever the backend; torch on a CUDA device runs one process that batches pairs
+    of many videos on the device.
     """
     import dataclasses
 
@@ -112,6 +115,8 @@ def flow(frames, out_dir, kind, step, bound, encoding, quality, backend, device,
         raise click.BadParameter(str(exc)) from exc
     if batch_size is None:
         batch_size = 128 if dev.startswith("cuda") else 8
+    if workers is None:
+        workers = 1 if backend_name == "torch" and dev.startswith("cuda") else usable_cores()
 
     frame_set = open_shards(frames, kind="frames")
     if num_shards is None:          # flow shard i from frame shard i, also in arrays

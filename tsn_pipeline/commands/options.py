@@ -18,8 +18,8 @@ log = logging.getLogger(__name__)
 def cap_workers(ctx, param, value):
     """Callback of every --workers: more processes than the cores this process may use only
     add memory and contention, so the count is capped there with a warning."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if value is not None and cores and value > cores:
+    cores = usable_cores()
+    if value is not None and value > cores:
         log.warning("--workers %d is more than the %d cores this process may use; using %d",
                     value, cores, cores)
         return cores
@@ -69,16 +69,35 @@ def shard_options(f: Callable) -> Callable:
     return f
 
 
-def run_options(f: Callable) -> Callable:
-    """--workers, --overwrite, --retry-failed, --progress/--no-progress."""
+def usable_cores() -> int:
+    """CPU cores this process may run on (taskset, cgroups and SLURM narrow the set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:          # not Linux
+        return os.cpu_count() or 1
+
+
+def run_options(f: Optional[Callable] = None, *, all_cores: bool = False) -> Callable:
+    """--workers, --overwrite, --retry-failed, --progress/--no-progress.
+
+    ``@run_options(all_cores=True)``: --workers defaults to every usable core (``None`` until
+    the command resolves it) instead of 1.
+    """
+    if f is None:
+        return lambda g: run_options(g, all_cores=all_cores)
     f = click.option("--progress/--no-progress", default=True, show_default=True,
                      help="Progress bar on stderr.")(f)
     f = click.option("--retry-failed", is_flag=True,
                      help="Redo only the videos a finished shard recorded as failed.")(f)
     f = click.option("--overwrite", is_flag=True,
                      help="Redo the shard even if it exists or an unfinished run used other settings.")(f)
-    f = click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-                     callback=cap_workers, help="Worker processes (at most the cores).")(f)
+    if all_cores:
+        f = click.option("--workers", type=click.IntRange(min=1), default=None,
+                         help=f"Worker processes [default: every usable core, {usable_cores()} "
+                              "here].", callback=cap_workers)(f)
+    else:
+        f = click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+                         callback=cap_workers, help="Worker processes (at most the cores).")(f)
     return f
 
 

@@ -125,9 +125,10 @@ def compute_flow(prev: np.ndarray, nxt: np.ndarray, kinds: Sequence[str] = ("tvl
             ident[i] = info["identity"]
 
         # OpenCV releases the GIL: threads keep the camera-motion step off the critical path
-        # of a fast GPU batch (each pair is independent, so the result does not depend on it)
+        # of a fast GPU batch (each pair is independent, so the result does not depend on it);
+        # on CPU each worker process has one core
         threads = min(8, os.cpu_count() or 1, len(prev))
-        if threads > 1 and backend == "torch":
+        if threads > 1 and backend == "torch" and str(device).startswith("cuda"):
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(threads) as pool:

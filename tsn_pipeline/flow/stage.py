@@ -11,9 +11,11 @@ the array ``warped_homography`` (num_flows, 3, 3) and the attribute ``warped_ide
 whose camera motion could not be estimated). Attributes: num_frames, num_flows, step, height,
 width, fps, label, class_name, split, kinds, encoding, bound, backend.
 
-The OpenCV backend runs one video per worker process with one OpenCV thread each, so
-``--workers`` scales over cores. The torch backend runs in the main process and batches pairs
-from several videos on one device (``batch_size`` pairs of one frame size at a time).
+On CPU every backend runs one video per worker process with one thread each (OpenCV's and
+torch's intra-op threads), so ``--workers`` scales over cores; the torch backend runs a video's
+pairs ``batch_size`` at a time. On a CUDA device the torch backend runs in the main process
+and batches pairs from several videos on the device (``batch_size`` pairs of one frame size at
+a time); JPEG work runs on threads there.
 """
 from __future__ import annotations
 
@@ -176,22 +178,31 @@ def make_record(task: batch.Task, attrs: Dict[str, Any], flows: Dict[str, np.nda
     return store.VideoRecord(task.video_id, attrs=out, streams=streams, arrays=arrays)
 
 
-# -- the OpenCV backends: one video per worker process ------------------------------------
-def process_video(task: batch.Task, cfg: FlowConfig) -> store.VideoRecord:
-    """Batch-runner ``process=`` for the OpenCV backends (runs in a worker process)."""
+# -- CPU (every backend) and OpenCV CUDA: one video per worker process --------------------
+def process_video(task: batch.Task, cfg: FlowConfig, compile: bool = False,
+                  batch_size: int = 8) -> store.VideoRecord:
+    """Batch-runner ``process=`` for the OpenCV backends and for torch on CPU (runs in a
+    worker process): one thread per worker, OpenCV's and torch's, so --workers scales over
+    cores. The torch backend runs the video's pairs ``batch_size`` at a time; a pair's flow
+    does not depend on its batch, nor on the process it runs in."""
     import cv2
 
     from . import compute_flow
 
-    cv2.setNumThreads(1)          # one OpenCV thread per worker: --workers scales over cores
+    cv2.setNumThreads(1)
+    if cfg.backend == "torch":
+        import torch
+
+        torch.set_num_threads(1)
     gray, attrs = load_gray(task)
     check_length(task, len(gray), cfg.step)
     t0, t1 = pair_indices(len(gray), cfg.step)
-    flows = compute_flow(gray[t0], gray[t1], cfg.kinds, cfg.backend, cfg.tvl1, cfg.warp)
+    flows = compute_flow(gray[t0], gray[t1], cfg.kinds, cfg.backend, cfg.tvl1, cfg.warp,
+                         device="cpu", compile=compile, batch_size=batch_size)
     return make_record(task, attrs, flows, cfg)
 
 
-# -- the torch backend: pairs of several videos batched on one device ----------------------
+# -- torch on a CUDA device: pairs of several videos batched on the device ----------------
 @dataclass
 class _Pending:
     task: batch.Task
@@ -220,7 +231,7 @@ def _prefetch(tasks: Sequence[batch.Task], ahead: int = 2):
 def batch_videos(tasks: Sequence[batch.Task], cfg: FlowConfig, device: str = "cpu",
                  compile: bool = False, batch_size: int = 64
                  ) -> Iterator[Tuple[batch.Task, Any]]:
-    """Batch-runner ``batch_process=`` for the torch backend.
+    """Batch-runner ``batch_process=`` for the torch backend on a CUDA device.
 
     Pairs are queued per frame size; whenever ``batch_size`` pairs of one size are queued
     (from one or several videos) they run as one batch. A video is yielded as soon as all its
@@ -320,19 +331,17 @@ def run_flow(frames: store.ShardSet, out_dir, cfg: FlowConfig, shard_index: int 
     common = dict(kind="flow", out_dir=out_dir, shard_index=shard_index, num_shards=num_shards,
                   config=cfg.to_dict(), tasks=tasks, overwrite=overwrite,
                   retry_failed=retry_failed, progress=progress, root_extra=extra)
-    if cfg.backend == "torch":
-        import torch
+    if cfg.backend == "torch" and str(device).startswith("cuda"):
+        return batch.run_stage(batch_process=functools.partial(
+            batch_videos, cfg=cfg, device=device, compile=compile, batch_size=batch_size),
+            **common)
+    process = functools.partial(process_video, cfg=cfg, compile=compile, batch_size=batch_size)
+    if workers > 1 or cfg.backend != "torch":
+        return batch.run_stage(process=process, workers=workers, **common)
+    import torch
 
-        threads = torch.get_num_threads()
-        if not str(device).startswith("cuda"):
-            # CPU: --workers intra-op threads (more threads than free cores makes every small
-            # kernel wait on the others; one thread is the safe default)
-            torch.set_num_threads(max(1, workers))
-        try:
-            return batch.run_stage(batch_process=functools.partial(
-                batch_videos, cfg=cfg, device=device, compile=compile, batch_size=batch_size),
-                **common)
-        finally:
-            torch.set_num_threads(threads)
-    return batch.run_stage(process=functools.partial(process_video, cfg=cfg), workers=workers,
-                           **common)
+    threads = torch.get_num_threads()      # process_video sets one thread: restore it after
+    try:
+        return batch.run_stage(process=process, workers=1, **common)
+    finally:
+        torch.set_num_threads(threads)

@@ -44,6 +44,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -322,15 +323,27 @@ def warp_terms(stack, i0, u1, u2, interp: str):
 _COMPILED = {}
 
 
+def compile_cache_dir() -> str:
+    """Where torch.compile keeps the compiled TV-L1 kernels: ``TORCHINDUCTOR_CACHE_DIR`` when
+    set, else ``$XDG_CACHE_HOME/tsn-pipeline/inductor`` (``~/.cache/...``). Inductor's
+    FX-graph and AOT caches there let every later process (a worker, the next shard, an array
+    task on another node sharing the home folder) load the kernels instead of compiling them
+    again; torch's own default is a folder under /tmp, often per node and wiped."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(base, "tsn-pipeline",
+                                                                     "inductor")
+
+
 def _compiled(name: str, fn, compile: bool):
     """``fn`` eager, or through torch.compile (once per process; dynamic shapes so that pyramid
-    levels and shrinking batches do not recompile)."""
+    levels and shrinking batches do not recompile; kernels cached in ``compile_cache_dir()``)."""
     if not compile:
         return fn
     cfn = _COMPILED.get(name)
     if cfn is None:
         import torch
 
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = compile_cache_dir()
         cfn = _COMPILED[name] = torch.compile(fn, dynamic=True, fullgraph=True)
     return cfn
 

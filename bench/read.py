@@ -1,0 +1,179 @@
+"""Benchmark: random frame reads from frame shards vs a rawframes JPEG folder vs the bound.
+
+The same JPEG bytes three ways, 3 random frames per video per pass, each frame decoded to RGB
+(what a training DataLoader worker does):
+- shards: a ShardSet opened once, ``read_frames(video, [i, j, k])``;
+- folder: the same frames as ``img_%05d.jpg`` files (`tsn export-rawframes`, byte copies),
+  read and decoded;
+- memory: the same bytes already in memory, decoded: the bound for any reader.
+Warm: the files in the page cache, the median of ``--passes`` passes (new picks each pass,
+the three sides interleaved in rotating order).
+Cold: the first pass after the files were dropped from the page cache (posix_fadvise
+DONTNEED on every file; no root needed) with a freshly opened ShardSet.
+Also the training DataLoader alone (TSNDataset rgb, 3 segments, 224 px train transform, in
+this process): clips/s.
+Goals: shards >= 1.0x the folder and >= 0.9x the in-memory decode. Prints and writes
+bench/results/read.json with the machine's facts and load average.
+
+    python bench/read.py                  # tests/data clips x 8 copies, 340x256
+    python bench/read.py --videos DIR     # your own clips
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.common import write_result  # noqa: E402
+
+
+def drop_from_page_cache(paths) -> None:
+    os.sync()                      # dirty pages (files just written) cannot be dropped
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def tsn(*args) -> None:
+    subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=REPO, check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def read_shards(shards, picks) -> None:
+    for v, idx in picks.items():
+        shards.read_frames(v, idx)
+
+
+def read_folder(folder: Path, picks) -> None:
+    from tsn_pipeline.store import decode_image
+
+    for v, idx in picks.items():
+        for i in idx:
+            with open(folder / v / f"img_{i + 1:05d}.jpg", "rb") as fh:
+                decode_image(fh.read())
+
+
+def decode_memory(payloads, picks) -> None:
+    from tsn_pipeline.store import decode_image
+
+    for v, idx in picks.items():
+        for i in idx:
+            decode_image(payloads[v][i])
+
+
+def timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def bench_loader(frames: Path, clips: int) -> dict:
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from tsn_pipeline.data import Sources, TSNDataset, VideoSample
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    src = Sources.open(frames=frames)
+    samples = [VideoSample(v, 0) for v in src.frames.ids]        # the clips have no labels
+    ds = TSNDataset(src, samples, "rgb", 3, 1, "train", 224, mean, std)
+    loader = DataLoader(ds, batch_size=8, num_workers=0,
+                        sampler=RandomSampler(ds, replacement=True, num_samples=clips + 16))
+    it = iter(loader)
+    next(it), next(it)                           # warm up
+    t0 = time.perf_counter()
+    n = sum(x.shape[0] for x, _, _ in it)
+    return {"clips_per_s": round(n / (time.perf_counter() - t0), 1), "clips": n,
+            "segments": 3, "input_size": 224, "batch_size": 8, "num_workers": 0}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos", type=Path, default=REPO / "tests" / "data")
+    ap.add_argument("--repeat", type=int, default=8, help="copies of each clip (more videos)")
+    ap.add_argument("--passes", type=int, default=15, help="warm passes (new picks each)")
+    ap.add_argument("--size", default="340x256")
+    ap.add_argument("--loader-clips", type=int, default=160)
+    args = ap.parse_args()
+
+    from tsn_pipeline import store
+
+    clips = sorted(p for p in args.videos.iterdir() if p.is_file() and p.suffix in (".avi", ".mp4", ".mkv"))
+    if not clips:
+        sys.exit(f"no clips in {args.videos}")
+    work = Path(tempfile.mkdtemp(prefix="tsn-bench-read-"))
+    try:
+        src = work / "videos"
+        src.mkdir()
+        for r in range(args.repeat):
+            for c in clips:
+                (src / f"{c.stem}_r{r}{c.suffix}").symlink_to(c.resolve())
+        tsn("decode", src, "--out", work / "frames", "--size", args.size, "--workers", "2",
+            "--no-progress")
+        tsn("export-rawframes", "--frames", work / "frames", "--out", work / "folder",
+            "--no-progress")
+        shard_files = [str(p) for p in (work / "frames").glob("*.h5")]
+        jpeg_files = [str(p) for p in (work / "folder").rglob("*.jpg")]
+
+        t0 = time.perf_counter()
+        shards = store.open_shards(work / "frames")
+        open_s = time.perf_counter() - t0
+        rng = np.random.default_rng(0)
+        passes = [{v: sorted(rng.choice(shards[v].length, 3, replace=False).tolist())
+                   for v in shards.ids} for _ in range(args.passes + 1)]
+        payloads = {v: shards.read_encoded(v, "rgb", range(shards[v].length)) for v in shards.ids}
+        reads = 3 * len(shards.ids)
+
+        # cold: first pass, page cache dropped, a fresh ShardSet (as a new DataLoader worker)
+        drop_from_page_cache(shard_files)
+        cold_shards = store.open_shards(work / "frames")
+        cold = {"shards": timed(read_shards, cold_shards, passes[0])}
+        drop_from_page_cache(jpeg_files)
+        cold["folder"] = timed(read_folder, work / "folder", passes[0])
+        cold_shards.close()
+
+        # warm: every file in the page cache; the sides interleaved pass by pass in rotating
+        # order, the median pass of each (other processes' load comes and goes)
+        read_shards(shards, passes[0])
+        read_folder(work / "folder", passes[0])
+        sides = [("shards", read_shards, shards), ("folder", read_folder, work / "folder"),
+                 ("memory", decode_memory, payloads)]
+        warm = {name: [] for name, _, _ in sides}
+        for k, picks in enumerate(passes[1:]):
+            for name, fn, arg in sides[k % 3:] + sides[:k % 3]:
+                warm[name].append(timed(fn, arg, picks))
+        fps = {k: round(reads / float(np.median(t)), 1) for k, t in warm.items()}
+        cold_fps = {k: round(reads / t, 1) for k, t in cold.items()}
+        result = {
+            "clips": [c.name for c in clips], "videos": len(shards.ids), "size": args.size,
+            "frames": sum(shards[v].length for v in shards.ids), "shards": len(shard_files),
+            "reads_per_pass": reads, "passes": args.passes, "open_s": round(open_s, 3),
+            "warm_frames_per_s": fps,
+            "warm_ratio_shards_over_folder": round(fps["shards"] / fps["folder"], 3),
+            "warm_ratio_shards_over_memory": round(fps["shards"] / fps["memory"], 3),
+            "cold_first_pass_frames_per_s": cold_fps,
+            "cold_ratio_shards_over_folder": round(cold_fps["shards"] / cold_fps["folder"], 3),
+            "loader": bench_loader(work / "frames", args.loader_clips),
+            "goal": "warm: shards >= 1.0x folder and >= 0.9x memory",
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    path = write_result("read", result)
+    for k, v in result.items():
+        print(f"{k}: {v}")
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
