@@ -26,15 +26,23 @@ RUN=$OUT/split$SPLIT
 TSN=(.venv/bin/tsn --config "pipelines/$DATASET.toml")
 WAIT=${TEST_SLURM_WAIT:-300}
 MODELS=(rgb warped)         # two streams: enough for a fusion
+FUSE=()
+for m in "${MODELS[@]}"; do FUSE+=(--scores "$m=$OUT/split$SPLIT/scores-$m"); done
 # a CPU node of 2 cores: one core per task, no GPU; logs next to the outputs
-SB=(sbatch --parsable -c 1 --mem=2G --gres=none --time=00:15:00 -o "$OUT/logs/%x-%A_%a.out")
-SB_TRAIN=(sbatch --parsable -c 1 --mem=3G --gres=none --time=00:15:00 -o "$OUT/logs/%x-%j.out")
+SB=(-c 1 --mem=2G --gres=none --time=00:15:00 -o "$OUT/logs/%x-%A_%a.out")
+SB_TRAIN=(-c 1 --mem=3G --gres=none --time=00:15:00 -o "$OUT/logs/%x-%j.out")
 export GPUS=1               # train.sh: one torchrun process (device = "cpu" in the TOML)
 
 say() { echo "== test-slurm: $*"; }
 fail() { echo "test-slurm: FAILED: $*" >&2; exit 1; }
 
-inputs() { case "$1" in rgb) echo "--frames $OUT/frames" ;; *) echo "--flow $OUT/flow" ;; esac; }
+# submit SBATCH-ARGS...: the job id
+submit() {
+    sbatch --parsable "$@" || fail "sbatch refused: sbatch $*"
+}
+
+# inputs MODALITY: INPUT=(the stage's input option) as the scripts choose it
+inputs() { case "$1" in rgb) INPUT=(--frames "$OUT/frames") ;; *) INPUT=(--flow "$OUT/flow") ;; esac; }
 
 # wait_jobs ID...: until none is pending or running (bounded), then each must have COMPLETED
 wait_jobs() {
@@ -54,22 +62,24 @@ wait_jobs() {
     done
     bad=$(grep . <<< "$bad" || true)
     if [ -n "$bad" ]; then
-        echo "$bad" | grep -o 'JobId=[0-9]* \|ArrayTaskId=[0-9]* \|JobState=[A-Z_]* \|Reason=[^ ]* \|StdOut=[^ ]*' | paste -sd' ' >&2
+        while read -r info; do
+            grep -o '\<JobId=[0-9]*\|ArrayJobId=[0-9]*\|ArrayTaskId=[0-9]*\|JobState=[A-Z_]*\|Reason=[^ ]*\|StdOut=[^ ]*' <<< "$info" | paste -sd' ' >&2
+        done <<< "$bad"
         tail -n 5 "$OUT"/logs/*.out >&2 || true
         fail "not every job of $ids completed (logs: $OUT/logs)"
     fi
 }
 
-# same_shards FOLDER: every *.h5 of FOLDER byte-identical to the reference's, none missing
+# same_shards SUB: every *.h5 of OUT/SUB byte-identical to REF/SUB's, none missing or extra
 same_shards() {
     local f n=0
-    for f in "$REF/${1#$OUT/}"/*.h5; do
-        cmp "$f" "$1/$(basename "$f")" || fail "$1/$(basename "$f") differs from the local run's"
+    for f in "$REF/$1"/*.h5; do
+        cmp "$f" "$OUT/$1/${f##*/}" || fail "$OUT/$1/${f##*/} differs from the local run's"
         n=$((n + 1))
     done
-    [ "$n" = "$NUM_SHARDS" ] || fail "$REF/${1#$OUT/} holds $n shards, not $NUM_SHARDS"
-    [ "$(ls "$1"/*.h5 | wc -l)" = "$NUM_SHARDS" ] || fail "$1 holds other shards than $NUM_SHARDS"
-    echo "$1: $n shards byte-identical to the local run's"
+    [ "$n" = "$NUM_SHARDS" ] || fail "$REF/$1 holds $n shards, not $NUM_SHARDS"
+    [ "$(compgen -G "$OUT/$1/*.h5" | wc -l)" = "$NUM_SHARDS" ] || fail "$OUT/$1 holds other shards than $NUM_SHARDS"
+    echo "$OUT/$1: $n shards byte-identical to the local run's"
 }
 
 # same_scores MODALITY: the trained weights and every score shard's contents equal the local
@@ -158,15 +168,14 @@ for i in 0 1 2; do
 done
 mkdir -p "$RUN"
 for m in "${MODELS[@]}"; do
-    # shellcheck disable=SC2046
-    "${TSN[@]}" train --modality $m $(inputs $m) --list "$LIST" --workers 1 --out "$RUN/train-$m" > "$RUN/train-$m.json"
+    inputs "$m"
+    "${TSN[@]}" train --modality "$m" "${INPUT[@]}" --list "$LIST" --workers 1 --out "$RUN/train-$m" > "$RUN/train-$m.json"
     for i in 0 1 2; do
-        # shellcheck disable=SC2046
-        "${TSN[@]}" score "$RUN/train-$m/checkpoint.pt" $(inputs $m) --list "$LIST" --split test \
+        "${TSN[@]}" score "$RUN/train-$m/checkpoint.pt" "${INPUT[@]}" --list "$LIST" --split test \
             --out "$RUN/scores-$m" --shard-index $i --num-shards 3 --workers 1 --no-progress >/dev/null
     done
 done
-"${TSN[@]}" fuse --scores rgb="$RUN/scores-rgb" --scores warped="$RUN/scores-warped" --out "$RUN/fused"
+"${TSN[@]}" fuse "${FUSE[@]}" --out "$RUN/fused"
 mkdir -p "$REF"
 mv "$OUT/frames" "$OUT/flow" "$RUN" "$REF/"
 say "local run: $((SECONDS - start)) s"
@@ -178,12 +187,12 @@ sinfo
 
 say "submit: decode -> flow -> train rgb, warped -> score rgb, warped (afterok chains)"
 mkdir -p "$OUT/logs"
-decode=$("${SB[@]}" --array=0-2 pipelines/slurm/decode.sh)
-flow=$("${SB[@]}" --array=0-2 --dependency=afterok:$decode pipelines/slurm/flow.sh)
-train_rgb=$(MODALITY=rgb "${SB_TRAIN[@]}" --dependency=afterok:$decode pipelines/slurm/train.sh)
-train_warped=$(MODALITY=warped "${SB_TRAIN[@]}" --dependency=afterok:$flow pipelines/slurm/train.sh)
-score_rgb=$(MODALITY=rgb "${SB[@]}" --array=0-2 --dependency=afterok:$train_rgb pipelines/slurm/score.sh)
-score_warped=$(MODALITY=warped "${SB[@]}" --array=0-2 --dependency=afterok:$train_warped pipelines/slurm/score.sh)
+decode=$(submit "${SB[@]}" --array=0-2 pipelines/slurm/decode.sh)
+flow=$(submit "${SB[@]}" --array=0-2 --dependency=afterok:"$decode" pipelines/slurm/flow.sh)
+train_rgb=$(MODALITY=rgb submit "${SB_TRAIN[@]}" --dependency=afterok:"$decode" pipelines/slurm/train.sh)
+train_warped=$(MODALITY=warped submit "${SB_TRAIN[@]}" --dependency=afterok:"$flow" pipelines/slurm/train.sh)
+score_rgb=$(MODALITY=rgb submit "${SB[@]}" --array=0-2 --dependency=afterok:"$train_rgb" pipelines/slurm/score.sh)
+score_warped=$(MODALITY=warped submit "${SB[@]}" --array=0-2 --dependency=afterok:"$train_warped" pipelines/slurm/score.sh)
 echo "jobs: decode $decode, flow $flow, train $train_rgb $train_warped, score $score_rgb $score_warped"
 wait_jobs "$decode" "$flow" "$train_rgb" "$train_warped" "$score_rgb" "$score_warped"
 say "all jobs completed: $((SECONDS - start)) s"
@@ -191,10 +200,10 @@ say "all jobs completed: $((SECONDS - start)) s"
 index "$OUT/frames" frames
 index "$OUT/flow" flow
 for m in "${MODELS[@]}"; do index "$RUN/scores-$m" scores; done
-same_shards "$OUT/frames"
-same_shards "$OUT/flow"
+same_shards frames
+same_shards flow
 for m in "${MODELS[@]}"; do same_scores "$m"; done
-"${TSN[@]}" fuse --scores rgb="$RUN/scores-rgb" --scores warped="$RUN/scores-warped" --out "$RUN/fused"
+"${TSN[@]}" fuse "${FUSE[@]}" --out "$RUN/fused"
 for f in fused.json predictions.csv confusion.csv; do
     cmp "$REF/split$SPLIT/fused/$f" "$RUN/fused/$f" || fail "$RUN/fused/$f differs from the local run's"
 done
@@ -206,10 +215,10 @@ parts=$OUT/flow/.flow-1-of-3.h5.parts
 killed=""
 for attempt in 1 2 3; do
     if [ $attempt = 1 ]; then
-        job=$("${SB[@]}" --array=0-2 pipelines/slurm/flow.sh)
+        job=$(submit "${SB[@]}" --array=0-2 pipelines/slurm/flow.sh)
     else    # task 1 finished before the cancel landed: take its shard away and try again
         rm -f "$OUT/flow/flow-1-of-3".*
-        job=$("${SB[@]}" --array=1 pipelines/slurm/flow.sh)
+        job=$(submit "${SB[@]}" --array=1 pipelines/slurm/flow.sh)
     fi
     deadline=$((SECONDS + WAIT))
     # wait until task 1 has stored a video (a part) while its shard is not assembled yet
@@ -238,12 +247,12 @@ if .venv/bin/tsn index "$OUT/flow" --kind flow --num-shards 3 --list "$LIST"; th
 fi
 resubmit=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["resubmit"])' "$OUT/flow/index.json")
 [ "$resubmit" = 1 ] || fail "tsn index says resubmit '$resubmit', expected '1'"
-job=$("${SB[@]}" --array="$resubmit" pipelines/slurm/flow.sh)
+job=$(submit "${SB[@]}" --array="$resubmit" pipelines/slurm/flow.sh)
 echo "resubmitted: sbatch --array=$resubmit pipelines/slurm/flow.sh -> job $job"
 wait_jobs "$job"
 grep -q '"resumed": [1-9]' "$OUT/logs/tsn-flow-${job}_1.out" \
     || fail "the resubmitted task did not resume from the cancelled one's videos ($OUT/logs/tsn-flow-${job}_1.out)"
 index "$OUT/flow" flow
-same_shards "$OUT/flow"
+same_shards flow
 
 say "passed in $((SECONDS - start)) s"
