@@ -242,6 +242,7 @@ for attempt in 1 2 3; do
 done
 [ -n "$killed" ] || fail "could not cancel flow task 1 before it finished (3 tries)"
 
+say "tsn index after the cancel: must exit 1 and name shard 1 for resubmission"
 if .venv/bin/tsn index "$OUT/flow" --kind flow --num-shards 3 --list "$LIST"; then
     fail "tsn index $OUT/flow reports no shard to redo after task 1 was cancelled"
 fi
