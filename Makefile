@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test
+.PHONY: install test test-slurm
 
 $(BIN)/tsn: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,6 +16,12 @@ install: $(BIN)/tsn
 # TSN_TEST_COMPILE=1: also test the torch.compile'd TV-L1 loop (the CPU default; ~1 min compile)
 test: install
 	TSN_TEST_COMPILE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# pipelines/slurm/*.sh under a real one-node SLURM (as root; installs the Debian packages
+# slurmctld slurmd slurm-client munge when missing): pipelines/slurm/test.sh says what it checks
+test-slurm: install
+	pipelines/slurm/local-cluster.sh install
+	pipelines/slurm/test.sh
 
 # Dataset pipelines (ucf101, hmdb51, demo): pipelines/*.mk
 -include $(sort $(wildcard pipelines/*.mk))
