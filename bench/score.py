@@ -105,7 +105,9 @@ def main():
     import torch
 
     from tsn_pipeline import batch, data
-    from tsn_pipeline.score import SnippetDataset, SnippetPlan, normalize_rows, resolve_device
+    from tsn_pipeline.devices import resolve_device
+    from tsn_pipeline.snippets import SnippetDataset, SnippetPlan
+    from tsn_pipeline.transforms import normalize
 
     dev = resolve_device(args.device)
     work = Path(tempfile.mkdtemp(prefix="tsn-bench-score-"))
@@ -139,12 +141,12 @@ def main():
     model.to(dev)
     x = torch.from_numpy(np.concatenate(prepared))
     with torch.inference_mode():
-        model.forward_snippets(normalize_rows(x[:8].to(dev), "rgb", cfg.mean, cfg.std))  # warm-up
+        model.forward_snippets(normalize(x[:8].to(dev), "rgb", cfg.mean, cfg.std))  # warm-up
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         for a in range(0, len(x), args.batch_size):
-            model.forward_snippets(normalize_rows(x[a:a + args.batch_size].to(dev), "rgb",
+            model.forward_snippets(normalize(x[a:a + args.batch_size].to(dev), "rgb",
                                                   cfg.mean, cfg.std)).cpu()
         t_fwd = time.perf_counter() - t0
 

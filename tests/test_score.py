@@ -244,7 +244,7 @@ class FlipSymmetric:
 @pytest.mark.parametrize("modality", ["rgb", "flow"])
 def test_flip_symmetric_model_gives_equal_ten_crop_scores(modality, tmp_path):
     from tsn_pipeline import data
-    from tsn_pipeline.score import SnippetDataset, SnippetPlan, iter_video_outputs
+    from tsn_pipeline.snippets import SnippetDataset, SnippetPlan, iter_video_outputs
 
     model, cfg = tiny_model(modality, seed=1, new_length=2 if modality == "flow" else None)
     sym = FlipSymmetric(model)
@@ -322,22 +322,6 @@ def test_score_resume_and_failures(rgb_setup, tmp_path):
                    "--out", str(tmp_path / "none"), "--split", "nosuch"])
     assert res.exit_code == 1 and "no videos to process" in res.output
     assert not (tmp_path / "none").exists()
-
-
-def test_normalize_rows_matches_transforms_normalize():
-    import torch
-
-    from tsn_pipeline.score import normalize_rows
-    from tsn_pipeline.transforms import normalize
-
-    rng = np.random.default_rng(0)
-    for modality, shape, mean, std in (("rgb", (6, 1, 8, 10, 3), (.4, .5, .6), (.2, .3, .25)),
-                                       ("flow", (6, 3, 2, 8, 10), (.5, .5), (.22, .22))):
-        clip = rng.integers(0, 256, size=shape, dtype=np.uint8)
-        ref = normalize(clip, modality, mean, std)
-        got = normalize_rows(torch.from_numpy(clip), modality, mean, std)
-        assert got.shape == ref.shape
-        assert torch.equal(got, ref)
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
@@ -489,7 +473,7 @@ def test_long_videos_are_read_in_chunks_with_the_same_result(rgb_setup, tmp_path
     import torch
 
     from tsn_pipeline import data
-    from tsn_pipeline.score import SnippetDataset, SnippetPlan, iter_video_outputs
+    from tsn_pipeline.snippets import SnippetDataset, SnippetPlan, iter_video_outputs
 
     src = data.Sources.open(frames=rgb_setup["frames"])
     plan = SnippetPlan("rgb", 1, stride=2, input_size=S_IN, crops=3)

@@ -422,7 +422,7 @@ def run_stage(*, kind: str, out_dir, shard_index: int, num_shards: int,
         summary.resumed = len(wanted & done)
         failures = list(initial_failures)
         sources = {t.video_id: t.source for t in tasks}
-        bar = _progress(len(tasks), summary.resumed, f"{kind} {shard_index}/{num_shards}", progress)
+        bar = progress_bar(len(tasks), summary.resumed, f"{kind} {shard_index}/{num_shards}", progress)
         try:
             for status, vid, info in _iter_results(kind, todo, process, batch_process, workers, parts):
                 if status == "fatal":
@@ -549,7 +549,9 @@ class _NoBar:
         pass
 
 
-def _progress(total: int, done: int, label: str, enabled: bool):
+def progress_bar(total: int, done: int, label: str, enabled: bool):
+    """A click progress bar on stderr (``update(n)``, ``render_finish()``), or one that shows
+    nothing when ``enabled`` is false or there is nothing to do."""
     import click
 
     if not enabled or total == 0:

@@ -281,7 +281,7 @@ def convert_file(src, out, opts: Options = Options()) -> Dict[str, Any]:
     ImageNet backbones are written as a plain state dict (``--pretrained``); trained models
     as a ``tsn-pipeline-checkpoint`` whose train config records the source file.
     """
-    from .score import file_sha256
+    from .snippets import file_sha256
     from .train import atomic_torch_save
     from . import __version__
     from .model import CHECKPOINT_FORMAT

@@ -16,7 +16,7 @@ Reads ``frames-<i>-of-<n>.h5`` (stream ``rgb``, written by ``tsn decode``) and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -45,12 +45,6 @@ class Sources:
                    open_shards(flow, "flow") if flow else None)
 
 
-def _as_sources(sources: Union[Sources, Mapping[str, Any]]) -> Sources:
-    if isinstance(sources, Sources):
-        return sources
-    return Sources(sources.get("frames"), sources.get("flow"))
-
-
 def needs(modality: str) -> str:
     """Which shard set a modality reads: ``"frames"`` or ``"flow"``."""
     transforms.layout_of(modality)   # validates
@@ -59,7 +53,7 @@ def needs(modality: str) -> str:
 
 def shard_set(sources, modality: str) -> ShardSet:
     """The shard set of ``modality`` in ``sources``; a clear error when it was not given."""
-    src = _as_sources(sources)
+    src = sources
     which = needs(modality)
     s = getattr(src, which)
     if s is None:
@@ -194,7 +188,7 @@ class TSNDataset:
                  flip: bool = True):
         if mode not in sampling.MODES:
             raise ValueError(f"mode {mode!r} not in {sampling.MODES}")
-        self.sources = _as_sources(sources)
+        self.sources = sources
         self.samples = list(samples)
         self.modality = modality
         self.num_segments = int(num_segments)
@@ -226,21 +220,21 @@ class TSNDataset:
         epoch, index = self._key(key)
         return np.random.default_rng((self.seed, epoch, index))
 
-    def indices(self, key) -> np.ndarray:
+    def indices(self, key, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+        """``(num_segments, snippet_length)`` item indices of sample ``key`` (the first draws
+        of its generator ``rng``, ``self.rng(key)`` when not given)."""
         smp = self.samples[self._key(key)[1]]
         n = num_items(self.sources, smp.video_id, self.modality)
+        if self.mode == "train" and rng is None:
+            rng = self.rng(key)
         return sampling.segment_indices(n, self.num_segments, self.length, self.mode,
-                                        self.rng(key) if self.mode == "train" else None)
+                                        rng if self.mode == "train" else None)
 
     def raw(self, key) -> np.ndarray:
         """uint8 clip after the transform (before normalisation)."""
         rng = self.rng(key)
-        index = self._key(key)[1]
-        smp = self.samples[index]
-        n = num_items(self.sources, smp.video_id, self.modality)
-        idx = sampling.segment_indices(n, self.num_segments, self.length, self.mode,
-                                       rng if self.mode == "train" else None)
-        clip = load_clip(self.sources, smp.video_id, self.modality, idx)
+        smp = self.samples[self._key(key)[1]]
+        clip = load_clip(self.sources, smp.video_id, self.modality, self.indices(key, rng))
         return self.transform(clip, rng)
 
     def __getitem__(self, key):

@@ -34,9 +34,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from . import batch, store
-from .score import (AMPS, CROP_CHOICES, SnippetDataset, SnippetPlan, class_names,
-                    crops_for_checkpoint, file_sha256, iter_video_outputs, num_items, plan_tasks,
-                    resolve_device)
+from .snippets import (AMPS, CROP_CHOICES, SnippetPlan, class_names, crops_for_checkpoint,
+                       load_model, num_items, run_snippet_stage)
 
 KIND = "features"
 DTYPES = ("float32", "float16")
@@ -94,29 +93,6 @@ def features_record(video_id: str, crop_features: np.ndarray, snippet_indices: n
                              arrays={"features": feats, "frame_indices": idx[:, 0].copy()})
 
 
-def load_model(checkpoint=None, model_config=None):
-    """``(model in eval mode, ModelConfig, train config, origin dict)`` from a `tsn train`
-    checkpoint, or from ``model_config`` (an ImageNet-initialised backbone: its
-    ``pretrained`` file, no TSN training). ``origin`` names the weights (path + SHA-256)."""
-    from .model import build_model, load_checkpoint, load_weights
-
-    if (checkpoint is None) == (model_config is None):
-        raise ValueError("give a checkpoint or a model config (--arch/--pretrained), not both")
-    if checkpoint is not None:
-        model, mcfg, train_cfg = load_checkpoint(str(checkpoint), map_location="cpu")
-        return model, mcfg, train_cfg, {"checkpoint": str(checkpoint),
-                                        "checkpoint_sha256": file_sha256(checkpoint)}
-    if not model_config.pretrained:
-        raise ValueError("without a checkpoint, give --pretrained (a torchvision-format state "
-                         "dict file); features of random weights are of no use")
-    model = build_model(model_config)
-    load_weights(model, model_config.pretrained)
-    model.eval()
-    return model, model_config, {}, {"pretrained": str(model_config.pretrained),
-                                     "pretrained_sha256": file_sha256(model_config.pretrained),
-                                     "arch": model_config.arch}
-
-
 def run_features(checkpoint, sources, out_dir, cfg: FeaturesConfig, shard_index: int = 0,
                  num_shards: int = 1, split: Optional[str] = None, video_list=None,
                  batch_size: int = 256, device: str = "auto", workers: int = 1,
@@ -128,40 +104,34 @@ def run_features(checkpoint, sources, out_dir, cfg: FeaturesConfig, shard_index:
     backbone described by ``model_config`` (``ModelConfig`` with ``pretrained``).
     """
     from . import data
+    from .devices import resolve_device
 
     dev = resolve_device(device)
     model, mcfg, train_cfg, origin = load_model(checkpoint, model_config)
     model.to(dev).eval()
-    crops_for_checkpoint(cfg.crops, train_cfg or {})          # no mirrored crops for a --no-flip model
+    crops_for_checkpoint(cfg.crops, train_cfg or {})   # no mirrored crops for a --no-flip model
     shards = data.shard_set(sources, mcfg.modality)
+
+    def make_record(task, idx, out):
+        fps = shards[task.video_id].attrs.get("fps")
+        return features_record(task.video_id, out, idx, label=task.label,
+                               modality=mcfg.modality, dtype=cfg.dtype,
+                               class_name=task.meta.get("class_name", ""),
+                               source_length=num_items(sources, task.video_id, mcfg.modality),
+                               fps=float(fps) if fps is not None else None)
+
     plan = SnippetPlan(mcfg.modality, mcfg.snippet_length, num_snippets=cfg.num_snippets,
                        stride=cfg.stride, input_size=mcfg.input_size, crops=cfg.crops,
                        scale_size=cfg.scale_size)
-    tasks, failures = plan_tasks(shards, shard_index, num_shards, split, video_list)
     config = dict(cfg.to_dict(), modality=mcfg.modality, input_size=mcfg.input_size, **origin)
-
-    def batch_process(todo):
-        for task, idx, out in iter_video_outputs(model, "forward_features",
-                                                 SnippetDataset(sources, todo, plan), workers,
-                                                 mcfg.mean, mcfg.std, batch_size, dev, cfg.amp):
-            if isinstance(out, BaseException):
-                yield task, out
-                continue
-            fps = shards[task.video_id].attrs.get("fps")
-            yield task, features_record(
-                task.video_id, out, idx,
-                label=task.label, modality=mcfg.modality, dtype=cfg.dtype,
-                class_name=task.meta.get("class_name", ""),
-                source_length=num_items(sources, task.video_id, mcfg.modality),
-                fps=float(fps) if fps is not None else None)
-
     root_extra = {"modality": mcfg.modality,
                   "checkpoint": str(checkpoint) if checkpoint is not None else "null",
                   "feature_dim": int(model.base.num_features),
                   "model_config": json.dumps(mcfg.to_dict(), sort_keys=True),
                   "classes": json.dumps(class_names(mcfg, train_cfg, shards))}
-    return batch.run_stage(kind=KIND, out_dir=out_dir, shard_index=shard_index,
-                           num_shards=num_shards, config=config, tasks=tasks,
-                           batch_process=batch_process, overwrite=overwrite,
-                           retry_failed=retry_failed, progress=progress,
-                           root_extra=root_extra, initial_failures=failures)
+    return run_snippet_stage(
+        kind=KIND, model=model, mcfg=mcfg, forward="forward_features", plan=plan,
+        sources=sources, shards=shards, out_dir=out_dir, config=config, root_extra=root_extra,
+        make_record=make_record, shard_index=shard_index, num_shards=num_shards, split=split,
+        video_list=video_list, batch_size=batch_size, device=dev, workers=workers,
+        amp=cfg.amp, overwrite=overwrite, retry_failed=retry_failed, progress=progress)

@@ -160,7 +160,9 @@ class ModelConfig:
     @property
     def snippet_length(self) -> int:
         """Frames/fields read per snippet (``new_length``, +1 for RGB difference)."""
-        return self.new_length + 1 if self.modality == "rgbdiff" else self.new_length
+        from .sampling import snippet_length
+
+        return snippet_length(self.modality, self.new_length)
 
     @property
     def input_channels(self) -> int:

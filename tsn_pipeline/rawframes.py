@@ -22,20 +22,17 @@ layout's invariant); the frame shard records the number of ``img`` files.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import re
 import shutil
 import struct
-import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import batch, store
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 FLOW_KINDS = ("tvl1", "warped")
 
 
@@ -66,25 +63,12 @@ def image_size(payload: bytes) -> Tuple[int, int, int]:
         w, h = struct.unpack(">II", payload[16:24])
         channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(payload[25], 0)
         return int(w), int(h), channels
-    i, n = 2, len(payload)
-    while i + 4 <= n:
-        if payload[i] != 0xFF:
-            raise ValueError(f"JPEG marker expected at byte {i}")
-        marker = payload[i + 1]
-        if marker == 0xFF:                        # fill byte
-            i += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        length = struct.unpack(">H", payload[i + 2:i + 4])[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if i + 10 > n:
-                break
-            h, w = struct.unpack(">HH", payload[i + 5:i + 9])
-            return int(w), int(h), int(payload[i + 9])
-        i += 2 + length
-    raise ValueError("JPEG without a frame header (SOF)")
+    from .videoio import VideoError, jpeg_header
+
+    try:
+        return jpeg_header(payload)
+    except VideoError as exc:
+        raise ValueError(str(exc)) from None
 
 
 # -- folder scanning --------------------------------------------------------------------------
@@ -542,11 +526,6 @@ def export_video(frames, flow, vid: str, out: Path, cfg: ExportConfig) -> Tuple[
     return "written", files, count
 
 
-class _NoBar:
-    def update(self, n):
-        pass
-
-
 def export_shards(frames_dir=None, flow_dir=None, out_dir=None, cfg: ExportConfig = ExportConfig(),
                   shard_index: int = 0, num_shards: int = 1, list_file=None,
                   progress: bool = False) -> ExportSummary:
@@ -568,27 +547,24 @@ def export_shards(frames_dir=None, flow_dir=None, out_dir=None, cfg: ExportConfi
     summary = ExportSummary(out=str(out), shard_index=shard_index, num_shards=num_shards,
                             videos=len(mine))
     lines = []
-    import click        # progress bar on stderr only
-
-    bar = (click.progressbar(length=len(mine), label="export-rawframes", file=sys.stderr,
-                             show_pos=True) if progress and mine else contextlib.nullcontext(_NoBar()))
+    bar = batch.progress_bar(len(mine), 0, "export-rawframes", progress)
     try:
-        with bar as bar:
-            for vid in mine:
-                bar.update(1)
-                try:
-                    status, files, count = export_video(frames, flow, vid, out, cfg)
-                except (RawframesError, store.StoreError) as exc:
-                    summary.failures.append({"video_id": vid, "reason": str(exc)})
-                    continue
-                except OSError as exc:
-                    raise RawframesError(f"cannot write to {out}: {exc.strerror or exc}") from exc
-                summary.files += files
-                summary.written += status == "written"
-                summary.skipped += status == "skipped"
-                entry = (frames or flow)[vid]
-                lines.append(f"{_video_dir(Path(''), vid, entry, cfg).as_posix()} {count} {entry.label}")
+        for vid in mine:
+            bar.update(1)
+            try:
+                status, files, count = export_video(frames, flow, vid, out, cfg)
+            except (RawframesError, store.StoreError) as exc:
+                summary.failures.append({"video_id": vid, "reason": str(exc)})
+                continue
+            except OSError as exc:
+                raise RawframesError(f"cannot write to {out}: {exc.strerror or exc}") from exc
+            summary.files += files
+            summary.written += status == "written"
+            summary.skipped += status == "skipped"
+            entry = (frames or flow)[vid]
+            lines.append(f"{_video_dir(Path(''), vid, entry, cfg).as_posix()} {count} {entry.label}")
     finally:
+        bar.render_finish()
         for shards in (frames, flow):
             if shards is not None:
                 shards.close()

@@ -94,3 +94,28 @@ def segment_indices(num_frames: int, num_segments: int, new_length: int, mode: s
 def snippet_length(modality: str, new_length: int) -> int:
     """Items read per snippet: ``new_length`` (+1 for ``rgbdiff``, whose model differences them)."""
     return int(new_length) + 1 if modality == "rgbdiff" else int(new_length)
+
+
+def stride_indices(num_items: int, stride: int, length: int) -> np.ndarray:
+    """Snippets starting at items ``0, stride, 2*stride, ...`` while a whole snippet fits.
+
+    Returns ``(S, length)`` int64. A video shorter than one snippet gives one snippet at 0
+    with the last item repeated (as ``sampling.segment_indices``).
+
+    >>> stride_indices(40, 16, 1)[:, 0].tolist()
+    [0, 16, 32]
+    >>> stride_indices(40, 16, 5)[:, 0].tolist()      # last start must leave 5 fields: <= 35
+    [0, 16, 32]
+    >>> stride_indices(36, 16, 5)[:, 0].tolist()      # 32 + 5 > 36
+    [0, 16]
+    >>> stride_indices(3, 16, 5).tolist()
+    [[0, 1, 2, 2, 2]]
+    """
+    if int(num_items) < 1:
+        raise ValueError(f"num_items={num_items}: a video needs at least one frame/flow field")
+    if int(stride) < 1 or int(length) < 1:
+        raise ValueError(f"stride={stride} and length={length} must be >= 1")
+    avail = max(int(num_items) - int(length) + 1, 1)
+    starts = np.arange(0, avail, int(stride), dtype=np.int64)
+    idx = starts[:, None] + np.arange(int(length), dtype=np.int64)[None, :]
+    return np.minimum(idx, int(num_items) - 1)

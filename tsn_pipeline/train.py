@@ -168,10 +168,12 @@ def setup_distributed(device: str = "auto") -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainError(f"device {device!r} asked for but CUDA is not available")
+    from .devices import resolve_device
+
+    try:
+        device = str(resolve_device(device))
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
     if device == "cuda":
         device = f"cuda:{local}" if world > 1 else "cuda"
     dev = torch.device(device)
@@ -348,8 +350,10 @@ _RESUME_FREE = {"workers", "device", "threads"}   # settings a resumed run may c
 
 def _resume_check(stored: Dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     now = cfg.to_dict()
-    # a setting added after the checkpoint was written had its default then
-    stored = {**{f.name: f.default for f in fields(TrainConfig) if f.name not in stored}, **stored}
+    # a setting added after the checkpoint was written had its default then; one removed
+    # since (moved to the model config, e.g. channels_last) is not this config's to compare
+    known = {f.name: f.default for f in fields(TrainConfig)}
+    stored = {k: stored.get(k, default) for k, default in known.items()}
     diff = [f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(stored) | set(now))
             if k not in _RESUME_FREE and stored.get(k) != now.get(k)]
     if diff:

@@ -271,7 +271,7 @@ class JpegReader(FrameReader):
                     if end is None:
                         break
                     if self.width is None:
-                        self.width, self.height = jpeg_size(buf, start)
+                        self.width, self.height, _ = jpeg_header(buf, start)
                     yield bytes(buf[start:end])
                     start = end
                 del buf[:start]
@@ -300,13 +300,27 @@ class JpegReader(FrameReader):
         return "\n".join(lines).strip()
 
 
-def jpeg_size(buf, start: int = 0) -> Tuple[int, int]:
-    """(width, height) from the SOF segment of the JPEG at ``buf[start]``."""
-    i = start + 2
-    while i + 9 < len(buf):
+def jpeg_header(buf, start: int = 0) -> Tuple[int, int, int]:
+    """(width, height, channels) from the frame header (SOF) of the JPEG at ``buf[start]``.
+
+    Reads marker segments only, never pixel data: the one JPEG header parser (decode's frame
+    sizes, rawframes import of terabytes of files without decoding them).
+    """
+    i, n = start + 2, len(buf)
+    while i + 4 <= n:
+        if buf[i] != 0xFF:
+            raise VideoError(f"JPEG marker expected at byte {i - start}")
         marker = buf[i + 1]
+        if marker == 0xFF:                                    # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            i += 2
+            continue
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return (buf[i + 7] << 8) | buf[i + 8], (buf[i + 5] << 8) | buf[i + 6]
+            if i + 10 > n:
+                break
+            return (buf[i + 7] << 8) | buf[i + 8], (buf[i + 5] << 8) | buf[i + 6], buf[i + 9]
         i += 2 + ((buf[i + 2] << 8) | buf[i + 3])
     raise VideoError("JPEG without a frame header (SOF)")
 

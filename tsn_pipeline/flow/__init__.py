@@ -48,13 +48,12 @@ def resolve_backend(backend: str = "auto", device: Optional[str] = None,
         return backend, device or "cuda"
     if backend == "opencv":
         return backend, "cpu"
-    import torch
+    from ..devices import resolve_device
 
-    if device is None or device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BackendUnavailable(f"--device {device}: torch {torch.__version__} sees no CUDA "
-                                 "device; use --device cpu")
+    try:
+        device = str(resolve_device(device))
+    except ValueError as exc:
+        raise BackendUnavailable(f"--device {device}: {exc}") from None
     if backend == "torch":
         return backend, device
     if opencv_cuda_available():
