@@ -38,6 +38,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
+from .modalities import get as get_modality
 from .model import ARCHS, ModelConfig, build_backbone, build_model, check_keys, load_weights
 
 LAYOUTS = ("bninception-imagenet", "tsn-pytorch", "mmaction2")
@@ -177,7 +178,7 @@ def convert_bninception_imagenet(state: Mapping[str, torch.Tensor], what: str
 def _modality_of(channels: int, opts: Options, what: str) -> Tuple[str, int]:
     """(modality, new_length) of a backbone whose first conv takes ``channels``."""
     if opts.modality:
-        base = 2 if opts.modality in ("flow", "warped") else 3
+        base = get_modality(opts.modality).base_channels
         if channels % base or (opts.modality == "rgb" and channels != 3):
             raise ConvertError(f"{what}: a first conv of {channels} input channels cannot be "
                                f"--modality {opts.modality}")
@@ -308,6 +309,6 @@ def convert_file(src, out, opts: Options = Options()) -> Dict[str, Any]:
                        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
                        "model_config": json.dumps(cfg.to_dict(), sort_keys=True),
                        "train_config": json.dumps(source, sort_keys=True)}, out)
-    shards = "--flow" if cfg.modality in ("flow", "warped") else "--frames"
+    shards = "--flow" if get_modality(cfg.modality).reads_flow else "--frames"
     return {"layout": layout, "out": str(out), "model_config": cfg.to_dict(), "source": source,
             "use": f"tsn score {out} {shards} ..."}

@@ -20,11 +20,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import sampling, transforms
+from . import modalities, sampling, transforms
 from .store import ShardSet, StoreError, open_shards
-
-FLOW_KIND = {"flow": "tvl1", "warped": "warped"}
-
 
 class DataError(ValueError):
     """The shards or the list cannot serve the requested training input."""
@@ -47,8 +44,7 @@ class Sources:
 
 def needs(modality: str) -> str:
     """Which shard set a modality reads: ``"frames"`` or ``"flow"``."""
-    transforms.layout_of(modality)   # validates
-    return "flow" if modality in FLOW_KIND else "frames"
+    return modalities.get(modality).shard_kind
 
 
 def shard_set(sources, modality: str) -> ShardSet:
@@ -94,7 +90,7 @@ def load_clip(sources, video_id: str, modality: str, indices) -> np.ndarray:
         else:
             from .flow.reader import read_flow
 
-            data = read_flow(s, video_id, FLOW_KIND[modality], uniq.tolist(), quantized=True)
+            data = read_flow(s, video_id, modalities.get(modality).flow_kind, uniq.tolist(), quantized=True)
     except (StoreError, ValueError, IndexError, OSError) as exc:   # damaged bytes or offsets
         raise DataError(f"{s[video_id].shard}: video {video_id!r} ({modality}, items "
                         f"{uniq.min()}..{uniq.max()}) cannot be read: {exc}; check the shard "

@@ -38,7 +38,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-MODALITIES = ("rgb", "flow", "warped", "rgbdiff")
+from .modalities import NAMES
+from .modalities import get as get_modality
+
+MODALITIES = NAMES
 CONSENSUS = ("avg", "max")
 ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "bninception")
 CHECKPOINT_FORMAT = "tsn-pipeline-checkpoint-1"
@@ -54,12 +57,12 @@ BNINCEPTION_STD = (1 / 255, 1 / 255, 1 / 255)
 
 
 def default_new_length(modality: str) -> int:
-    return 1 if modality == "rgb" else 5
+    return get_modality(modality).new_length
 
 
 def default_dropout(modality: str) -> float:
     """TSN: 0.8 before the classifier for RGB (and RGB difference), 0.7 for flow."""
-    return 0.7 if modality in ("flow", "warped") else 0.8
+    return get_modality(modality).dropout
 
 
 def default_normalisation(arch: str, modality: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
@@ -73,10 +76,10 @@ def default_normalisation(arch: str, modality: str) -> Tuple[Tuple[float, ...], 
     if modality == "rgbdiff":
         return (0.0,) * 3, (1 / 255,) * 3 if arch == "bninception" else (1.0,) * 3
     if arch == "bninception":
-        if modality in ("flow", "warped"):
+        if get_modality(modality).reads_flow:
             return (128 / 255,) * 2, (1 / 255,) * 2
         return BNINCEPTION_MEAN, BNINCEPTION_STD
-    if modality in ("flow", "warped"):
+    if get_modality(modality).reads_flow:
         s = sum(IMAGENET_STD) / 3
         return (0.5, 0.5), (s, s)
     return IMAGENET_MEAN, IMAGENET_STD
@@ -155,7 +158,7 @@ class ModelConfig:
     @property
     def base_channels(self) -> int:
         """Channels of one frame/field: 3 (RGB) or 2 (flow x, y)."""
-        return 2 if self.modality in ("flow", "warped") else 3
+        return get_modality(self.modality).base_channels
 
     @property
     def snippet_length(self) -> int:
@@ -537,7 +540,7 @@ class TSN(nn.Module):
         1/0. Every trainable parameter is in exactly one group; frozen (partial BN) ones in
         none. Groups without parameters are left out.
         """
-        flow = self.cfg.modality in ("flow", "warped")
+        flow = get_modality(self.cfg.modality).reads_flow
         first = self.base.first_conv
         groups = {"first_conv_weight": ([], 5.0 if flow else 1.0, 1.0),
                   "first_conv_bias": ([], 10.0 if flow else 2.0, 0.0),

@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import batch, store
 
-FLOW_KINDS = ("tvl1", "warped")
+from .modalities import FLOW_KINDS
 
 
 class RawframesError(ValueError):

@@ -93,7 +93,9 @@ def segment_indices(num_frames: int, num_segments: int, new_length: int, mode: s
 
 def snippet_length(modality: str, new_length: int) -> int:
     """Items read per snippet: ``new_length`` (+1 for ``rgbdiff``, whose model differences them)."""
-    return int(new_length) + 1 if modality == "rgbdiff" else int(new_length)
+    from .modalities import get
+
+    return get(modality).snippet_length(new_length)
 
 
 def stride_indices(num_items: int, stride: int, length: int) -> np.ndarray:

@@ -35,6 +35,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import modalities
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
@@ -45,14 +47,6 @@ CONFIG_JSON = "train_config.json"
 LOCK = ".train.lock"       # held by the process writing the run folder
 PLOT_EVERY_S = 30.0     # redraw metrics.png at most this often (and after the last epoch)
 
-# TSN's released recipe (docs/TSN.md, "Training recipe"): lr, lr steps and stop in
-# iterations, clip grad.
-RECIPES = {
-    "rgb": {"lr": 0.001, "lr_steps": (1500,), "iterations": 3500, "clip_grad": 40.0},
-    "rgbdiff": {"lr": 0.001, "lr_steps": (1500,), "iterations": 3500, "clip_grad": 40.0},
-    "flow": {"lr": 0.005, "lr_steps": (10000, 16000), "iterations": 18000, "clip_grad": 20.0},
-    "warped": {"lr": 0.005, "lr_steps": (10000, 16000), "iterations": 18000, "clip_grad": 20.0},
-}
 
 
 class TrainError(RuntimeError):
@@ -65,7 +59,8 @@ class TrainConfig:
 
     ``epochs`` xor ``iterations`` (if neither, the TSN recipe's iterations for the modality);
     ``lr_steps`` are in the same unit (epochs or iterations). ``None`` fields take the
-    modality's recipe defaults (``RECIPES``) in ``resolve``.
+    modality's recipe defaults (``modalities.MODALITIES``: TSN's released recipe) in
+    ``resolve``.
     """
 
     modality: str = "rgb"
@@ -95,8 +90,7 @@ class TrainConfig:
     flip: bool = True          # random horizontal flips (off for direction-sensitive classes)
 
     def __post_init__(self):
-        if self.modality not in RECIPES:
-            raise ValueError(f"modality {self.modality!r} is not one of {sorted(RECIPES)}")
+        modalities.get(self.modality)          # a ValueError naming the modalities
         if self.epochs is not None and self.iterations is not None:
             raise ValueError("give epochs or iterations, not both")
         for k in ("epochs", "iterations"):
@@ -123,7 +117,7 @@ class TrainConfig:
 
     def resolve(self) -> "TrainConfig":
         """Fill recipe defaults: lr, clip_grad, iterations, lr_steps (scaled to epochs)."""
-        r = RECIPES[self.modality]
+        r = vars(modalities.get(self.modality))
         new = {}
         if self.lr is None:
             new["lr"] = r["lr"]

@@ -28,6 +28,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import modalities
+
 LAYOUTS = ("hwc", "flow")
 FLOW_X, FLOW_Y = 0, 1
 # TSN's scale sets (ratios of the short side) for multi-scale cropping: RGB frames use four,
@@ -37,18 +39,15 @@ FLOW_SCALES = (1.0, 0.875, 0.75)
 
 
 def train_scales(modality: str) -> Tuple[float, ...]:
-    """Multi-scale crop ratios for ``modality``: ``RGB_SCALES`` for rgb, else ``FLOW_SCALES``."""
-    layout_of(modality)   # validates
-    return RGB_SCALES if modality == "rgb" else FLOW_SCALES
+    """Multi-scale crop ratios for ``modality``: ``RGB_SCALES`` for rgb, else ``FLOW_SCALES``
+    (tsn-pytorch: stacks of frames or fields, RGB difference included, use the smaller set)."""
+    m = modalities.get(modality)
+    return RGB_SCALES if m.snippet_length() == 1 else FLOW_SCALES
 
 
 def layout_of(modality: str) -> str:
-    """``"flow"`` for flow/warped, ``"hwc"`` for rgb/rgbdiff."""
-    if modality in ("flow", "warped"):
-        return "flow"
-    if modality in ("rgb", "rgbdiff"):
-        return "hwc"
-    raise ValueError(f"unknown modality {modality!r}; expected rgb, flow, warped or rgbdiff")
+    """``"flow"`` for flow/warped, ``"hwc"`` for rgb/rgbdiff (``modalities``)."""
+    return modalities.get(modality).layout
 
 
 def _check_layout(layout: str) -> str:

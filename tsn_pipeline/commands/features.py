@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from ..modalities import NAMES as MODALITIES
+
 from .options import run_options, run_shards, select_shards, shard_options, stage_errors
 from .score import input_options, open_inputs
 
@@ -29,7 +31,7 @@ from .score import input_options, open_inputs
                    "(resnet18/34/50/101, bninception, ...), with --pretrained.")
 @click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Without CHECKPOINT: torchvision-format state dict of --arch.")
-@click.option("--modality", type=click.Choice(["rgb", "flow", "warped", "rgbdiff"]),
+@click.option("--modality", type=click.Choice(MODALITIES),
               default=None, help="Without CHECKPOINT: input modality [default: rgb] (flow uses "
                                  "TSN's cross-modality initialisation of the first conv).")
 @click.option("--new-length", type=click.IntRange(min=1), default=None,

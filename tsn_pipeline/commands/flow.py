@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from ..modalities import FLOW_KINDS
+
 from .options import (check_device, run_options, run_shards, select_shards, shard_options,
                       stage_errors, usable_cores)
 
@@ -21,7 +23,7 @@ def _device(ctx, param, value):
 @click.argument("frames", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder for flow-<i>-of-<n>.h5 shards (flow shard i from frame shard i).")
-@click.option("--kind", type=click.Choice(["tvl1", "warped", "both"]), default="tvl1",
+@click.option("--kind", type=click.Choice([*FLOW_KINDS, "both"]), default="tvl1",
               show_default=True, help="TV-L1 flow, warped TV-L1 flow (camera motion removed), or both.")
 @click.option("--step", type=click.IntRange(min=1), default=1, show_default=True,
               help="Flow between frame t and t+STEP.")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from ..modalities import FLOW_KINDS
+
 from .options import run_options, run_shards, select_shards, shard_options, stage_errors
 
 
@@ -17,7 +19,7 @@ from .options import run_options, run_shards, select_shards, shard_options, stag
                    "SRC/<class>/<id>), or an mmaction2/TSN list '<dir> <num frames> <label>'. "
                    "Default: every folder of SRC (or SRC/<class>/) holding images; class "
                    "folders give labels.")
-@click.option("--flow-kind", type=click.Choice(["tvl1", "warped"]), default="tvl1",
+@click.option("--flow-kind", type=click.Choice(FLOW_KINDS), default="tvl1",
               show_default=True, help="What the flow images in SRC are.")
 @click.option("--warped-src", type=click.Path(file_okay=False, exists=True), default=None,
               help="Second tree with warped flow of the same videos (dense_flow's "
@@ -99,7 +101,7 @@ def import_rawframes(src, frames_out, flow_out, list_file, flow_kind, warped_src
               help="Flow shards (folder or file) to write as flow_x_*/flow_y_* files.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder to write <video_id>/ folders into.")
-@click.option("--flow-kind", type=click.Choice(["tvl1", "warped"]), default="tvl1",
+@click.option("--flow-kind", type=click.Choice(FLOW_KINDS), default="tvl1",
               show_default=True, help="Which flow of the shards to write.")
 @click.option("--start-index", type=click.IntRange(0, 1), default=1, show_default=True,
               help="Number of the first file (dense_flow and TSN lists: 1; denseflow: 0).")

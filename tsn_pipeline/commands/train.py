@@ -12,7 +12,7 @@ import click
 
 from .options import cap_workers, torch_device
 
-MODALITIES = ("rgb", "flow", "warped", "rgbdiff")
+from ..modalities import NAMES as MODALITIES
 
 
 def _parse_steps(ctx, param, value):

@@ -20,7 +20,7 @@ from .quantize import (DEFAULT_BOUND, dequantize_flow, flip_flow, flip_flow_quan
 from .reader import read_flow
 
 BACKENDS = ("auto", "opencv-cuda", "torch", "opencv")
-FLOW_KINDS = ("tvl1", "warped")
+from ..modalities import FLOW_KINDS
 
 __all__ = ["BACKENDS", "DEFAULT_BOUND", "FLOW_KINDS", "backend_params", "compute_flow",
            "dequantize_flow", "flip_flow", "flip_flow_quantized", "hflip_flow", "quantize_flow",

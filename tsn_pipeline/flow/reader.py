@@ -18,7 +18,7 @@ import numpy as np
 from ..store import ShardSet, StoreError
 from .quantize import dequantize_flow, quantize_flow
 
-KINDS = ("tvl1", "warped")
+from ..modalities import FLOW_KINDS as KINDS
 ENCODINGS = ("jpeg", "png", "float16")
 
 
