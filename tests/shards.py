@@ -13,30 +13,31 @@ from tsn_pipeline import batch, store
 
 def frame_record(video_id: str, frames: np.ndarray, label: int = 0, fmt: str = "png",
                  **attrs) -> store.VideoRecord:
-    """A frame-shard video: stream ``rgb`` of (T, H, W, 3) uint8 frames (PNG keeps pixels
-    exact), with decode's attributes; ``attrs`` adds or overrides (class_name, split, ...)."""
-    meta = {"num_frames": len(frames), "fps": 25.0, "height": int(frames.shape[1]),
-            "width": int(frames.shape[2]), "label": label, "class_name": "", "split": ""}
-    meta.update(attrs)
-    return store.VideoRecord(video_id, attrs=meta, streams={
-        "rgb": [store.encode_image(np.ascontiguousarray(f), fmt) for f in frames]})
+    """A frame-shard video as `tsn decode` lays it out (``store.frame_video``): stream ``rgb``
+    of (T, H, W, 3) uint8 frames (PNG keeps pixels exact); ``attrs`` adds or overrides
+    (class_name, split, fps, ...)."""
+    attrs.setdefault("fps", 25.0)
+    return store.frame_video(video_id, [store.encode_image(np.ascontiguousarray(f), fmt)
+                                        for f in frames],
+                             width=int(frames.shape[2]), height=int(frames.shape[1]),
+                             label=label, **attrs)
 
 
 def flow_record(video_id: str, codes: np.ndarray, label: int = 0, kinds: Sequence[str] = ("tvl1",),
                 fmt: str = "png", **attrs) -> store.VideoRecord:
-    """A flow-shard video: quantised codes (T, 2, H, W) uint8 as ``<kind>_x``/``<kind>_y``
-    streams (the same codes for every kind), or float16 arrays when ``fmt="float16"``."""
+    """A flow-shard video as `tsn flow` lays it out (``store.flow_video``): quantised codes
+    (T, 2, H, W) uint8 as ``<kind>_x``/``<kind>_y`` streams (the same codes for every kind),
+    or float16 arrays when ``fmt="float16"``."""
     t, _, h, w = codes.shape
-    meta = {"num_frames": t + 1, "num_flows": t, "step": 1, "height": h, "width": w,
-            "label": label, "class_name": "", "split": "", "kinds": list(kinds),
-            "encoding": fmt, "bound": 20.0}
-    meta.update(attrs)
     if fmt == "float16":
-        return store.VideoRecord(video_id, attrs=meta,
-                                 arrays={k: codes.astype(np.float16) for k in kinds})
-    streams = {f"{k}_{axis}": [store.encode_image(np.ascontiguousarray(c[i]), fmt) for c in codes]
-               for k in kinds for i, axis in enumerate("xy")}
-    return store.VideoRecord(video_id, attrs=meta, streams=streams)
+        data = {"arrays": {k: codes.astype(np.float16) for k in kinds}}
+    else:
+        data = {"streams": {f"{k}_{axis}": [store.encode_image(np.ascontiguousarray(c[i]), fmt)
+                                            for c in codes]
+                            for k in kinds for i, axis in enumerate("xy")}}
+    attrs.setdefault("bound", 20.0)
+    return store.flow_video(video_id, num_frames=t + 1, step=1, kinds=kinds, encoding=fmt,
+                            width=w, height=h, label=label, **data, **attrs)
 
 
 def write_shards(out: Path, kind: str, records: Mapping[str, store.VideoRecord],

@@ -107,9 +107,11 @@ def decode_video(path: str, cfg: DecodeConfig):
 def process_task(task: batch.Task, cfg: DecodeConfig) -> store.VideoRecord:
     """Batch-runner entry point: decode ``task.source`` into a frame-shard record."""
     jpegs, attrs = decode_video(task.source, cfg)
-    attrs.update(source=os.path.abspath(task.source), label=task.label,
-                 class_name=task.meta.get("class_name", ""), split=task.meta.get("split", ""))
-    return store.VideoRecord(task.video_id, attrs=attrs, streams={"rgb": jpegs})
+    attrs.pop("num_frames")
+    return store.frame_video(task.video_id, jpegs, label=task.label,
+                             class_name=task.meta.get("class_name", ""),
+                             split=task.meta.get("split", ""),
+                             source=os.path.abspath(task.source), **attrs)
 
 
 def plan_shard(videos: VideoList, shard_index: int, num_shards: int):

@@ -258,9 +258,8 @@ def import_video(task: batch.Task, cfg: ImportConfig) -> store.VideoRecord:
         start = detect_start(folder, {"rgb": found}, cfg.start_index)
         payloads, (w, h), fmt = read_payloads(ordered_files(folder, cfg.rgb_prefix, found, start),
                                               "rgb", cfg.verify)
-        attrs = dict(common, num_frames=len(payloads), width=w, height=h, orig_width=w,
-                     orig_height=h, start_index=start, image_format=fmt)
-        return store.VideoRecord(task.video_id, attrs=attrs, streams={"rgb": payloads})
+        return store.frame_video(task.video_id, payloads, width=w, height=h, orig_width=w,
+                                 orig_height=h, start_index=start, image_format=fmt, **common)
     streams: Dict[str, List[bytes]] = {}
     x, y, size, fmt, start = _read_flow_pair(folder, cfg.flow_x_prefix, cfg.flow_y_prefix,
                                              cfg.start_index, cfg.verify)
@@ -279,10 +278,9 @@ def import_video(task: batch.Task, cfg: ImportConfig) -> store.VideoRecord:
                                      f"{len(x)} {cfg.flow_kind} fields {fmt} {size} in {folder}")
         streams["warped_x"], streams["warped_y"] = wx, wy
     w, h = size
-    attrs = dict(common, num_flows=len(x), num_frames=len(x) + cfg.step, step=cfg.step,
-                 width=w, height=h, kinds=cfg.kinds, encoding=fmt, bound=cfg.bound,
-                 start_index=start)
-    return store.VideoRecord(task.video_id, attrs=attrs, streams=streams)
+    return store.flow_video(task.video_id, num_frames=len(x) + cfg.step, step=cfg.step,
+                            kinds=cfg.kinds, encoding=fmt, bound=cfg.bound, width=w, height=h,
+                            streams=streams, start_index=start, **common)
 
 
 def _is_video_dir(folder: Path, prefixes: Sequence[str]) -> bool:

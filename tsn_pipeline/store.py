@@ -85,6 +85,35 @@ class VideoRecord:
             raise ValueError(f"names used both as stream and array: {sorted(clash)}")
 
 
+def frame_video(video_id: str, frames: List[bytes], *, width: int, height: int,
+                label: int = -1, class_name: str = "", split: str = "",
+                fps: Optional[float] = None, **extra: Any) -> VideoRecord:
+    """The record of a frame-shard video (decode, rawframes import, tests): encoded frames as
+    stream ``rgb`` and the attributes every reader relies on; ``extra`` adds stage facts
+    (source, codec, decode_errors, ...)."""
+    attrs = {"num_frames": len(frames), "width": int(width), "height": int(height),
+             "label": int(label), "class_name": class_name, "split": split, **extra}
+    if fps is not None:
+        attrs["fps"] = float(fps)
+    return VideoRecord(video_id, attrs=attrs, streams={"rgb": list(frames)})
+
+
+def flow_video(video_id: str, *, num_frames: int, step: int, kinds: Sequence[str],
+               encoding: str, bound: float, width: int, height: int,
+               streams: Optional[Dict[str, List[bytes]]] = None,
+               arrays: Optional[Dict[str, np.ndarray]] = None, label: int = -1,
+               class_name: str = "", split: str = "", **extra: Any) -> VideoRecord:
+    """The record of a flow-shard video (flow stage, rawframes import, tests):
+    ``<kind>_x``/``<kind>_y`` streams of quantised images, or float16 ``<kind>`` arrays, with
+    ``num_flows = num_frames - step`` fields; ``extra`` adds stage facts (fps, backend, ...)."""
+    attrs = {"num_frames": int(num_frames), "num_flows": int(num_frames) - int(step),
+             "step": int(step), "width": int(width), "height": int(height),
+             "kinds": list(kinds), "encoding": encoding, "bound": float(bound),
+             "label": int(label), "class_name": class_name, "split": split, **extra}
+    return VideoRecord(video_id, attrs=attrs, streams=dict(streams or {}),
+                       arrays=dict(arrays or {}))
+
+
 def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[str]:
     """``["size: [340, 256] -> [64, 48]", ...]``: the keys whose values differ."""
     keys = sorted(set(old) | set(new))

@@ -165,17 +165,17 @@ def make_record(task: batch.Task, attrs: Dict[str, Any], flows: Dict[str, np.nda
             streams[f"{kind}_{axis}"] = _map(
                 lambda t: store.encode_image(q[t, c], cfg.encoding, cfg.quality),
                 range(len(q)), threaded)
-    out = {k: attrs[k] for k in ("fps", "label", "class_name", "split") if k in attrs}
-    n_frames = int(attrs.get("num_frames", 0))
-    h, w = flows[cfg.kinds[0]].shape[-2:]
-    out.update(num_frames=n_frames, num_flows=n_frames - cfg.step, step=cfg.step,
-               height=int(h), width=int(w), kinds=list(cfg.kinds), encoding=cfg.encoding,
-               bound=cfg.bound, backend=cfg.backend, frames_source=task.source)
-    out.setdefault("label", task.label)
+    extra = {k: attrs[k] for k in ("fps",) if k in attrs}
     if "warped" in cfg.kinds:
         arrays["warped_homography"] = flows["homography"].astype(np.float64)
-        out["warped_identity"] = int(np.sum(flows["identity"]))
-    return store.VideoRecord(task.video_id, attrs=out, streams=streams, arrays=arrays)
+        extra["warped_identity"] = int(np.sum(flows["identity"]))
+    h, w = flows[cfg.kinds[0]].shape[-2:]
+    return store.flow_video(
+        task.video_id, num_frames=int(attrs.get("num_frames", 0)), step=cfg.step,
+        kinds=cfg.kinds, encoding=cfg.encoding, bound=cfg.bound, width=w, height=h,
+        streams=streams, arrays=arrays, label=attrs.get("label", task.label),
+        class_name=attrs.get("class_name", ""), split=attrs.get("split", ""),
+        backend=cfg.backend, frames_source=task.source, **extra)
 
 
 # -- CPU (every backend) and OpenCV CUDA: one video per worker process --------------------
