@@ -1,9 +1,9 @@
 """Late fusion of per-modality video scores (TSN section 3.1, "Testing").
 
 Reads: the per-video, snippet-averaged scores of several score files (``tsn score`` output,
-one set per modality, loaded by ``score.load_video_scores``). Writes nothing itself: the
-``tsn fuse`` command stores what ``fuse_report`` returns (``fused.json``, confusion matrix CSV
-and PNG, per-video predictions).
+one set per modality, loaded by ``score.load_video_scores``). Writes, with ``write_report``
+(each file atomically): ``fused.json`` (settings, inputs, metrics), ``confusion.csv`` and
+``confusion.png`` (fused predictions, true class on rows) and ``predictions.csv``.
 
 TSN fuses modalities by a weighted sum of their class scores *before* softmax
 (RGB:Flow = 1:1.5; RGB:Flow:Warped = 1:1:0.5), the weights are not normalised (like
@@ -17,10 +17,13 @@ Worked example (before softmax, weights rgb 1, flow 1.5):
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -265,3 +268,102 @@ def format_table(table: Mapping[str, Mapping], weights: Mapping[str, float],
     line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)   # noqa: E731
                                for i, (c, w) in enumerate(zip(r, widths)))
     return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+# -- the report files ---------------------------------------------------------------------
+REPORT_FILES = ("fused.json", "confusion.csv", "confusion.png", "predictions.csv")
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` then rename onto ``path``: a report file is whole or absent."""
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")     # suffix: savefig's format
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_report(out, tables: Mapping[str, VideoScores], result: FuseResult,
+                 config: FuseConfig, crop_agg: Optional[str] = None) -> Dict[str, Any]:
+    """Write ``REPORT_FILES`` into ``out`` (each atomically); returns the ``fused.json`` dict."""
+    from . import __version__
+
+    out = Path(out)
+    weights = config.weight_map
+    k = result.fused.shape[1]
+    classes = list(next((t.classes for t in tables.values() if t.classes), None)
+                   or [str(i) for i in range(k)])
+    report = {
+        "package_version": __version__,
+        "inputs": {m: list(t.sources) for m, t in tables.items()},
+        "weights": dict(weights),
+        "after_softmax": config.after_softmax,
+        "intersection": config.intersection,
+        "crop_agg": crop_agg,
+        "num_videos": len(result.ids),
+        "dropped": {r: {"count": len(v), "video_ids": v[:20]} for r, v in result.dropped.items()},
+        "metrics": result.metrics,
+        "classes": classes,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic(out / "fused.json",
+            lambda p: p.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8"))
+    _atomic(out / "confusion.csv", lambda p: write_confusion_csv(p, result.confusion, classes))
+    _atomic(out / "confusion.png", lambda p: write_confusion_png(
+        p, result.confusion, classes, f"fused {'+'.join(tables)} ({len(result.ids)} videos)"))
+    _atomic(out / "predictions.csv", lambda p: write_predictions(p, tables, result))
+    return report
+
+
+def write_predictions(path: Path, tables: Mapping[str, VideoScores], result: FuseResult) -> None:
+    """One line per video: id, label, fused prediction, each modality's prediction."""
+    preds = {}
+    for m, t in tables.items():
+        row = {v: i for i, v in enumerate(t.ids)}
+        preds[m] = metrics.predictions(t.scores[[row[v] for v in result.ids]])
+    fused_pred = metrics.predictions(result.fused)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(",".join(["video_id", "label", "fused"] + list(tables)) + "\n")
+        for i, vid in enumerate(result.ids):
+            fh.write(",".join([vid, str(int(result.labels[i])), str(int(fused_pred[i]))]
+                              + [str(int(preds[m][i])) for m in preds]) + "\n")
+
+
+def write_confusion_csv(path: Path, cm, class_names: Sequence[str]) -> None:
+    """Counts of the confusion matrix, true class on rows, with the class names."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["true\\predicted"] + list(class_names))
+        for name, row in zip(class_names, cm):
+            w.writerow([name] + [int(v) for v in row])
+
+
+def write_confusion_png(path: Path, cm, class_names: Sequence[str], title: str) -> None:
+    """Row-normalised confusion matrix image (Agg canvas; no pyplot, no global backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    k = len(class_names)
+    rows = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+    side = min(4 + 0.12 * k, 24)
+    fig = Figure(figsize=(side + 1.5, side))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(norm, vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    if k <= 40:
+        fs = 8 if k <= 20 else 5
+        ax.set_xticks(range(k))
+        ax.set_yticks(range(k))
+        ax.set_xticklabels(class_names, rotation=90, fontsize=fs)
+        ax.set_yticklabels(class_names, fontsize=fs)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

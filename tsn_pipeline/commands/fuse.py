@@ -1,6 +1,6 @@
 """`tsn fuse`: score files of several modalities -> fused accuracy table, JSON, confusion matrix.
 
-See tsn_pipeline.fuse for the numerics. Writes into --out: fused.json (settings, inputs and
+See tsn_pipeline.fuse for the numerics and the report writer. Writes into --out: fused.json (settings, inputs and
 metrics per modality and fused), confusion.csv and confusion.png (fused predictions, true class
 on rows) and predictions.csv (per video: label, fused prediction, per-modality prediction).
 """
@@ -14,7 +14,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import click
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
-OUTPUTS = ("fused.json", "confusion.csv", "confusion.png", "predictions.csv")
 
 
 def _parse_scores(ctx, param, values) -> List[Tuple[Optional[str], str]]:
@@ -88,44 +87,6 @@ def _resolve_weights(given, modalities: Sequence[str]) -> Dict[str, float]:
     return {m: dict(given)[m] for m in modalities}
 
 
-def write_confusion_csv(path: Path, cm, class_names: Sequence[str]) -> None:
-    import csv
-
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["true\\predicted"] + list(class_names))
-        for name, row in zip(class_names, cm):
-            w.writerow([name] + [int(v) for v in row])
-
-
-def write_confusion_png(path: Path, cm, class_names: Sequence[str], title: str) -> None:
-    """Row-normalised confusion matrix image (Agg canvas; no pyplot, no global backend)."""
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    k = len(class_names)
-    rows = cm.sum(1, keepdims=True)
-    norm = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
-    side = min(4 + 0.12 * k, 24)
-    fig = Figure(figsize=(side + 1.5, side))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(norm, vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(title)
-    if k <= 40:
-        fs = 8 if k <= 20 else 5
-        ax.set_xticks(range(k))
-        ax.set_yticks(range(k))
-        ax.set_xticklabels(class_names, rotation=90, fontsize=fs)
-        ax.set_yticklabels(class_names, fontsize=fs)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
 @click.command()
 @click.option("--scores", "scores", multiple=True, required=True, callback=_parse_scores,
               metavar="[NAME=]PATH",
@@ -158,12 +119,11 @@ def fuse(scores, weights, after_softmax, intersection, crop_agg, out_dir, overwr
     Videos are matched by id. Prints top-1 / top-5 / mean class accuracy per modality and
     fused (percent), and writes the report and the fused confusion matrix into --out.
     """
-    from .. import __version__, metrics
-    from ..fuse import FuseConfig, FuseError, format_table, fuse_report
+    from ..fuse import REPORT_FILES, FuseConfig, FuseError, format_table, fuse_report, write_report
     from ..store import StoreError
 
     out = Path(out_dir)
-    existing = [n for n in OUTPUTS if (out / n).exists()]
+    existing = [n for n in REPORT_FILES if (out / n).exists()]
     if existing and not overwrite:
         raise click.ClickException(f"{out} already holds {existing}; use --overwrite or "
                                    "another --out folder")
@@ -183,37 +143,8 @@ def fuse(scores, weights, after_softmax, intersection, crop_agg, out_dir, overwr
     except FuseError as exc:
         raise click.ClickException(str(exc)) from exc
 
-    k = result.fused.shape[1]
-    classes = list(next((t.classes for t in tables.values() if t.classes), None)
-                   or [str(i) for i in range(k)])
-    report = {
-        "package_version": __version__,
-        "inputs": {m: list(t.sources) for m, t in tables.items()},
-        "weights": w,
-        "after_softmax": after_softmax,
-        "intersection": intersection,
-        "crop_agg": crop_agg,
-        "num_videos": len(result.ids),
-        "dropped": {r: {"count": len(v), "video_ids": v[:20]} for r, v in result.dropped.items()},
-        "metrics": result.metrics,
-        "classes": classes,
-    }
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "fused.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        write_confusion_csv(out / "confusion.csv", result.confusion, classes)
-        write_confusion_png(out / "confusion.png", result.confusion, classes,
-                            f"fused {'+'.join(modalities)} ({len(result.ids)} videos)")
-        preds = {}
-        for m, t in tables.items():
-            row = {v: i for i, v in enumerate(t.ids)}
-            preds[m] = metrics.predictions(t.scores[[row[v] for v in result.ids]])
-        fused_pred = metrics.predictions(result.fused)
-        with open(out / "predictions.csv", "w", encoding="utf-8") as fh:
-            fh.write(",".join(["video_id", "label", "fused"] + modalities) + "\n")
-            for i, vid in enumerate(result.ids):
-                fh.write(",".join([vid, str(int(result.labels[i])), str(int(fused_pred[i]))]
-                                  + [str(int(preds[m][i])) for m in preds]) + "\n")
+        report = write_report(out, tables, result, cfg, crop_agg)
     except OSError as exc:
         raise click.ClickException(f"cannot write into {out}: {exc}") from exc
     if as_json:
