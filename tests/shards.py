@@ -49,7 +49,7 @@ def write_shards(out: Path, kind: str, records: Mapping[str, store.VideoRecord],
     for i in range(num_shards) if indices is None else indices:
         tasks = [batch.Task(v, "memory", records[v].attrs.get("label", -1))
                  for v in batch.assign_shard(records, i, num_shards)]
-        summary = batch.run_stage(
+        summary = batch.run_batched_stage(
             kind=kind, out_dir=out, shard_index=i, num_shards=num_shards,
             config=config if config is not None else {"test": True}, tasks=tasks,
             batch_process=lambda todo: ((t, records[t.video_id]) for t in todo),

@@ -436,7 +436,7 @@ def _write_shards(out, kind):
                                               "step": 1, "encoding": "png", "bound": 20.0,
                                               "kinds": ["tvl1"]}, streams=png)
         config = {"kinds": ["tvl1"], "encoding": "png", "bound": 20.0}
-    s = batch.run_stage(kind=kind, out_dir=out, shard_index=0, num_shards=1, config=config,
+    s = batch.run_batched_stage(kind=kind, out_dir=out, shard_index=0, num_shards=1, config=config,
                         tasks=[batch.Task("vid", "synthetic", 2)],
                         batch_process=lambda todo: ((t, rec) for t in todo), progress=False,
                         root_extra={"classes": json.dumps(list("abcde"))})

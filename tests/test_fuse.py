@@ -51,7 +51,7 @@ def write_scores(out_dir, modality, table, num_shards=1, classes=CLASSES):
                 yield t, score.scores_record(t.video_id, crops, label=t.label,
                                              modality=modality, save_crops=True)
 
-        summary = batch.run_stage(kind="scores", out_dir=out_dir, shard_index=i,
+        summary = batch.run_batched_stage(kind="scores", out_dir=out_dir, shard_index=i,
                                   num_shards=num_shards, config={"modality": modality},
                                   tasks=tasks, batch_process=batch_process, progress=False,
                                   root_extra={"modality": modality,

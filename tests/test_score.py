@@ -53,7 +53,7 @@ def write_frame_shards(out, videos=VIDEOS, num_shards=1, mirror=False):
                     streams={"rgb": [store.encode_image(np.ascontiguousarray(f), "png")
                                      for f in fr]})
 
-        s = batch.run_stage(kind="frames", out_dir=out, shard_index=i, num_shards=num_shards,
+        s = batch.run_batched_stage(kind="frames", out_dir=out, shard_index=i, num_shards=num_shards,
                             config={"test": True}, tasks=tasks, batch_process=bp,
                             progress=False, root_extra={"classes": json.dumps(CLASSES)})
         assert s.failed == 0
@@ -79,7 +79,7 @@ def write_flow_shards(out, videos=VIDEOS, mirror=False):
                 streams={"tvl1_x": [store.encode_image(np.ascontiguousarray(f[0]), "png") for f in fl],
                          "tvl1_y": [store.encode_image(np.ascontiguousarray(f[1]), "png") for f in fl]})
 
-    s = batch.run_stage(kind="flow", out_dir=out, shard_index=0, num_shards=1,
+    s = batch.run_batched_stage(kind="flow", out_dir=out, shard_index=0, num_shards=1,
                         config={"kinds": ["tvl1"], "encoding": "png", "bound": 20.0},
                         tasks=tasks, batch_process=bp, progress=False,
                         root_extra={"classes": json.dumps(CLASSES)})
@@ -436,7 +436,7 @@ def test_a_broken_video_fails_alone(rgb_setup, tmp_path):
             yield t, store.VideoRecord(t.video_id, attrs={"num_frames": 4, "label": 0},
                                        streams={"rgb": imgs})
 
-    batch.run_stage(kind="frames", out_dir=tmp_path / "frames", shard_index=0, num_shards=1,
+    batch.run_batched_stage(kind="frames", out_dir=tmp_path / "frames", shard_index=0, num_shards=1,
                     config={}, tasks=tasks, batch_process=bp, progress=False)
     res = run_cli(["score", str(rgb_setup["ckpt"]), "--frames", str(tmp_path / "frames"),
                    "--out", str(tmp_path / "s"), "--num-snippets", "4", "--crops", "1",

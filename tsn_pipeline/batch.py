@@ -357,24 +357,35 @@ def _read_shard_root(path: Path) -> Tuple[Dict[str, Any], List[str]]:
                          "remove it or rerun with --overwrite") from exc
 
 
-def run_stage(*, kind: str, out_dir, shard_index: int, num_shards: int,
-              config: Mapping[str, Any], tasks: Sequence[Task],
-              process: Optional[Callable[[Task], store.VideoRecord]] = None,
-              batch_process: Optional[Callable[[List[Task]], Iterator[Tuple[Task, Any]]]] = None,
-              workers: int = 1, overwrite: bool = False, retry_failed: bool = False,
-              progress: bool = True, root_extra: Optional[Mapping[str, Any]] = None,
-              initial_failures: Sequence[Dict[str, str]] = ()) -> Summary:
-    """Make shard ``shard_index`` of ``num_shards`` of ``kind`` in ``out_dir`` from ``tasks``.
+def run_stage(*, process: Callable[[Task], store.VideoRecord], workers: int = 1,
+              **shard: Any) -> Summary:
+    """Make one shard (``shard``: the keyword arguments of ``_run``) with
+    ``process(task) -> VideoRecord`` in ``workers`` processes (it and its arguments must
+    pickle: a module-level function or ``functools.partial`` of one). Decode, CPU flow and
+    rawframes import use it."""
+    return _run(process=process, batch_process=None, workers=workers, **shard)
 
-    ``process(task) -> VideoRecord`` runs in ``workers`` processes (it and its arguments must
-    pickle: a module-level function or ``functools.partial`` of one). ``batch_process(tasks)``
-    instead runs in this process and yields ``(task, VideoRecord | Exception)`` in any order;
-    stages that batch across videos on one device (torch flow, scoring) use it.
+
+def run_batched_stage(*, batch_process: Callable[[List[Task]], Iterator[Tuple[Task, Any]]],
+                      **shard: Any) -> Summary:
+    """Make one shard with ``batch_process(tasks)``, which runs in this process and yields
+    ``(task, VideoRecord | Exception)`` in any order: for stages that batch across videos on
+    one device (torch flow on CUDA, scoring, features)."""
+    return _run(process=None, batch_process=batch_process, workers=1, **shard)
+
+
+def _run(*, kind: str, out_dir, shard_index: int, num_shards: int,
+         config: Mapping[str, Any], tasks: Sequence[Task],
+         process: Optional[Callable[[Task], store.VideoRecord]],
+         batch_process: Optional[Callable[[List[Task]], Iterator[Tuple[Task, Any]]]],
+         workers: int = 1, overwrite: bool = False, retry_failed: bool = False,
+         progress: bool = True, root_extra: Optional[Mapping[str, Any]] = None,
+         initial_failures: Sequence[Dict[str, str]] = ()) -> Summary:
+    """Make shard ``shard_index`` of ``num_shards`` of ``kind`` in ``out_dir`` from ``tasks``
+    (one of ``process`` / ``batch_process``; see ``run_stage`` and ``run_batched_stage``).
     ``initial_failures`` are videos the caller already rejected (missing file, duplicate id):
     they are reported with the rest. Returns a ``Summary``; raises ``StageError``.
     """
-    if (process is None) == (batch_process is None):
-        raise ValueError("give exactly one of process= and batch_process=")
     out_dir = Path(out_dir)
     name = store.shard_name(kind, shard_index, num_shards)
     final = out_dir / name

@@ -29,7 +29,7 @@ import shutil
 import struct
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from . import batch, store
 
@@ -154,11 +154,28 @@ def read_payloads(files: Sequence[Path], what: str, verify: bool
 
 # -- import -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ImportConfig:
-    """How a rawframes tree is read. Stored in the shards (every field can change them)."""
+class FrameImportConfig:
+    """How the RGB frames of a rawframes tree are read into frame shards (stored in them)."""
 
-    what: str = "frames"                     # "frames" or "flow": which shard this run writes
     rgb_prefix: str = "img_"
+    start_index: Optional[int] = None        # None: detect per video (0 or 1)
+    fps: float = 0.0                         # recorded as the videos' fps (folders carry none)
+    verify: bool = False                     # decode every image (slow), not only headers
+    kind = "frames"                          # the shard kind this import writes
+
+    def __post_init__(self):
+        _check_import(self, ("rgb_prefix",))
+
+    def stage_config(self) -> Dict:
+        """What goes into the shard's root ``config``."""
+        return dict(_common_config(self), rgb_prefix=self.rgb_prefix, fps=self.fps)
+
+
+@dataclass(frozen=True)
+class FlowImportConfig:
+    """How the flow images of a rawframes tree (and optionally a warped-flow tree) are read
+    into flow shards (stored in them: every field can change their content)."""
+
     flow_x_prefix: str = "flow_x_"
     flow_y_prefix: str = "flow_y_"
     flow_kind: str = "tvl1"                  # what the flow images in the main tree are
@@ -171,17 +188,16 @@ class ImportConfig:
     encoding: str = "jpeg"                   # flow image format expected: "jpeg" or "png"
     fps: float = 0.0                         # recorded as the videos' fps (folders carry none)
     verify: bool = False                     # decode every image (slow), not only headers
+    kind = "flow"
 
     def __post_init__(self):
-        if self.what not in ("frames", "flow"):
-            raise ValueError(f"what={self.what!r}: expected 'frames' or 'flow'")
+        _check_import(self, ("flow_x_prefix", "flow_y_prefix", "warped_x_prefix",
+                             "warped_y_prefix"))
         if self.flow_kind not in FLOW_KINDS:
             raise ValueError(f"flow kind {self.flow_kind!r} not in {FLOW_KINDS}")
         if self.with_warped and self.flow_kind == "warped":
             raise ValueError("the main tree already holds warped flow; --warped-src adds warped "
                              "flow to tvl1 flow only")
-        if self.start_index is not None and self.start_index not in (0, 1):
-            raise ValueError(f"start index {self.start_index} must be 0 or 1")
         from .flow.quantize import check_bound
 
         object.__setattr__(self, "bound", check_bound(self.bound))
@@ -189,10 +205,6 @@ class ImportConfig:
             raise ValueError(f"flow encoding {self.encoding!r}: rawframes are 'jpeg' or 'png'")
         if self.step < 1:
             raise ValueError(f"step {self.step} must be >= 1")
-        for name in ("rgb_prefix", "flow_x_prefix", "flow_y_prefix", "warped_x_prefix",
-                     "warped_y_prefix"):
-            if "/" in getattr(self, name):
-                raise ValueError(f"{name} {getattr(self, name)!r} may not contain '/'")
         if self.flow_x_prefix == self.flow_y_prefix:
             raise ValueError("flow x and y prefixes must differ")
 
@@ -202,17 +214,28 @@ class ImportConfig:
 
     def stage_config(self) -> Dict:
         """What goes into the shard's root ``config``."""
-        d = {"source": "rawframes", "start_index": self.start_index if self.start_index is not None
-             else "auto", "verify": self.verify}
-        if self.what == "frames":
-            d.update(rgb_prefix=self.rgb_prefix, fps=self.fps)
-        else:
-            d.update(kinds=self.kinds, encoding=self.encoding, bound=self.bound, step=self.step,
-                     backend="rawframes", flow_x_prefix=self.flow_x_prefix,
-                     flow_y_prefix=self.flow_y_prefix)
-            if self.with_warped:
-                d.update(warped_x_prefix=self.warped_x_prefix, warped_y_prefix=self.warped_y_prefix)
+        d = dict(_common_config(self), kinds=self.kinds, encoding=self.encoding,
+                 bound=self.bound, step=self.step, backend="rawframes",
+                 flow_x_prefix=self.flow_x_prefix, flow_y_prefix=self.flow_y_prefix)
+        if self.with_warped:
+            d.update(warped_x_prefix=self.warped_x_prefix, warped_y_prefix=self.warped_y_prefix)
         return d
+
+
+ImportConfig = Union[FrameImportConfig, FlowImportConfig]
+
+
+def _check_import(cfg, prefixes: Sequence[str]) -> None:
+    if cfg.start_index is not None and cfg.start_index not in (0, 1):
+        raise ValueError(f"start index {cfg.start_index} must be 0 or 1")
+    for name in prefixes:
+        if "/" in getattr(cfg, name):
+            raise ValueError(f"{name} {getattr(cfg, name)!r} may not contain '/'")
+
+
+def _common_config(cfg) -> Dict:
+    return {"source": "rawframes", "verify": cfg.verify,
+            "start_index": cfg.start_index if cfg.start_index is not None else "auto"}
 
 
 @dataclass(frozen=True)
@@ -251,7 +274,7 @@ def import_video(task: batch.Task, cfg: ImportConfig) -> store.VideoRecord:
     common = {"label": task.label, "class_name": task.meta.get("class_name", ""),
               "split": task.meta.get("split", ""), "source": os.path.abspath(folder),
               "fps": cfg.fps}
-    if cfg.what == "frames":
+    if cfg.kind == "frames":
         found = scan_stream(folder, cfg.rgb_prefix)
         if not found:
             raise batch.VideoFailure(f"{folder}: no {cfg.rgb_prefix}* images")
@@ -408,7 +431,7 @@ def run_import(items: Sequence[RawItem], classes: Sequence[str], out_dir, cfg: I
     tasks, failures = plan_import(items, shard_index, num_shards, src_root,
                                   warped_root if cfg.with_warped else None)
     return batch.run_stage(
-        kind=cfg.what, out_dir=out_dir, shard_index=shard_index, num_shards=num_shards,
+        kind=cfg.kind, out_dir=out_dir, shard_index=shard_index, num_shards=num_shards,
         config=cfg.stage_config(), tasks=tasks, process=functools.partial(import_video, cfg=cfg),
         workers=workers, overwrite=overwrite, retry_failed=retry_failed, progress=progress,
         root_extra={"classes": list(classes)}, initial_failures=failures)

@@ -362,7 +362,7 @@ def run_snippet_stage(*, kind: str, model, mcfg, forward: str, plan: SnippetPlan
                                                  mcfg.mean, mcfg.std, batch_size, device, amp):
             yield task, out if isinstance(out, BaseException) else make_record(task, idx, out)
 
-    return batch.run_stage(kind=kind, out_dir=out_dir, shard_index=shard_index,
+    return batch.run_batched_stage(kind=kind, out_dir=out_dir, shard_index=shard_index,
                            num_shards=num_shards, config=config, tasks=tasks,
                            batch_process=batch_process, overwrite=overwrite,
                            retry_failed=retry_failed, progress=progress,

@@ -217,7 +217,7 @@ def test_non_finite_scores_name_the_file_and_video(tmp_path, cli_runner, bad):
                 yield t, score.scores_record(t.video_id, s[:, None, :], label=0,
                                              modality=modality)
 
-        batch.run_stage(kind="scores", out_dir=tmp_path / modality, shard_index=0,
+        batch.run_batched_stage(kind="scores", out_dir=tmp_path / modality, shard_index=0,
                         num_shards=1, config={"modality": modality}, tasks=tasks,
                         batch_process=scores, progress=False,
                         root_extra={"modality": modality})

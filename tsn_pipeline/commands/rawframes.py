@@ -56,8 +56,8 @@ def import_rawframes(src, frames_out, flow_out, list_file, flow_kind, warped_src
     write. Without --shard-index (outside a SLURM array) every shard 0..N-1 is written.
     Prints one JSON summary line per shard written; exits 1 if any video failed.
     """
-    from ..rawframes import (ImportConfig, RawframesError, find_video_dirs, items_from_list,
-                             run_import)
+    from ..rawframes import (FlowImportConfig, FrameImportConfig, RawframesError,
+                             find_video_dirs, items_from_list, run_import)
     from ..videolist import VideoListError
 
     if not frames_out and not flow_out:
@@ -76,11 +76,11 @@ def import_rawframes(src, frames_out, flow_out, list_file, flow_kind, warped_src
     jobs = []
     try:
         if frames_out:
-            jobs.append((frames_out, ImportConfig(what="frames", rgb_prefix=rgb_prefix,
-                                                  start_index=start, fps=fps, verify=verify)))
+            jobs.append((frames_out, FrameImportConfig(rgb_prefix=rgb_prefix, start_index=start,
+                                                       fps=fps, verify=verify)))
         if flow_out:
-            jobs.append((flow_out, ImportConfig(
-                what="flow", flow_x_prefix=flow_x_prefix, flow_y_prefix=flow_y_prefix,
+            jobs.append((flow_out, FlowImportConfig(
+                flow_x_prefix=flow_x_prefix, flow_y_prefix=flow_y_prefix,
                 flow_kind=flow_kind, with_warped=warped_src is not None,
                 warped_x_prefix=warped_x_prefix or flow_x_prefix,
                 warped_y_prefix=warped_y_prefix or flow_y_prefix, start_index=start,

@@ -332,7 +332,7 @@ def run_flow(frames: store.ShardSet, out_dir, cfg: FlowConfig, shard_index: int 
                   config=cfg.to_dict(), tasks=tasks, overwrite=overwrite,
                   retry_failed=retry_failed, progress=progress, root_extra=extra)
     if cfg.backend == "torch" and str(device).startswith("cuda"):
-        return batch.run_stage(batch_process=functools.partial(
+        return batch.run_batched_stage(batch_process=functools.partial(
             batch_videos, cfg=cfg, device=device, compile=compile, batch_size=batch_size),
             **common)
     process = functools.partial(process_video, cfg=cfg, compile=compile, batch_size=batch_size)
