@@ -429,7 +429,7 @@ def run_import(items: Sequence[RawItem], classes: Sequence[str], out_dir, cfg: I
                overwrite: bool = False, retry_failed: bool = False,
                progress: bool = True) -> batch.Summary:
     tasks, failures = plan_import(items, shard_index, num_shards, src_root,
-                                  warped_root if cfg.with_warped else None)
+                                  warped_root if getattr(cfg, "with_warped", False) else None)
     return batch.run_stage(
         kind=cfg.kind, out_dir=out_dir, shard_index=shard_index, num_shards=num_shards,
         config=cfg.stage_config(), tasks=tasks, process=functools.partial(import_video, cfg=cfg),
