@@ -1,6 +1,8 @@
-"""The batch runner every per-video stage uses (decode, flow, score, features).
+"""The batch runner every per-video stage uses (decode, flow, score, features, rawframes).
 
 Reads a list of ``Task`` (one per video), writes one shard ``<out>/<kind>-<i>-of-<n>.h5``.
+Which videos shard i of n takes is decided here for every stage: ``shard_of`` (SHA-1 of the
+id, modulo n), so adding or removing a video never moves another one.
 
 How a shard is made, and why each step is there:
 
@@ -17,8 +19,10 @@ How a shard is made, and why each step is there:
    Errors of the output itself (disk full, read-only folder) stop the run, name the path and
    leave no ``.h5`` behind.
 
-The resolved config of the stage is stored in the shard and the parts folder: a rerun with
-different settings is refused rather than mixed (``--overwrite`` redoes the shard).
+The resolved config of the stage is stored in the shard and the parts folder, and the shard
+records the ids it was assigned (stored and failed): a rerun with different settings, or
+with videos added to or removed from its input, is refused rather than mixed
+(``--overwrite`` redoes the shard).
 """
 from __future__ import annotations
 
