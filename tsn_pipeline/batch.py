@@ -177,7 +177,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     _atomic_write_bytes(path, text.encode("utf-8"), durable=True)
 
 
-def _atomic_write_bytes(path: Path, data: bytes, durable: bool) -> None:
+def _atomic_write_bytes(path: Path, data, durable: bool) -> None:
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as fh:
@@ -231,7 +231,7 @@ def write_part(parts: Path, record: store.VideoRecord) -> None:
     buf = io.BytesIO()
     with h5py.File(buf, "w", libver=("earliest", "v110"), track_order=False) as f:
         store.write_record(f.create_group(store.VIDEOS), record)
-    _atomic_write_bytes(_part_path(parts, record.video_id), buf.getvalue(), durable=False)
+    _atomic_write_bytes(_part_path(parts, record.video_id), buf.getbuffer(), durable=False)
 
 
 def _part_ok(path: Path) -> bool:
