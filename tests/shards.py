@@ -22,20 +22,23 @@ def frame_record(video_id: str, frames: np.ndarray, label: int = 0, fmt: str = "
         "rgb": [store.encode_image(np.ascontiguousarray(f), fmt) for f in frames]})
 
 
-def flow_record(video_id: str, codes: np.ndarray, label: int = 0, kinds: Sequence[str] = ("tvl1",),
-                fmt: str = "png", **attrs) -> store.VideoRecord:
-    """A flow-shard video: quantised codes (T, 2, H, W) uint8 as ``<kind>_x``/``<kind>_y``
-    streams (the same codes for every kind), or float16 arrays when ``fmt="float16"``."""
-    t, _, h, w = codes.shape
+def flow_record(video_id: str, codes: Mapping[str, np.ndarray], label: int = 0,
+                fmt: str = "png", quality: int = 95, **attrs) -> store.VideoRecord:
+    """A flow-shard video: per flow kind (``tvl1``, ``warped``) quantised codes (T, 2, H, W)
+    uint8 as ``<kind>_x``/``<kind>_y`` streams (PNG, or JPEG at ``quality``), or float16
+    arrays ``<kind>`` when ``fmt="float16"``; with flow's attributes (``attrs`` adds more)."""
+    first = next(iter(codes.values()))
+    t, _, h, w = first.shape
     meta = {"num_frames": t + 1, "num_flows": t, "step": 1, "height": h, "width": w,
-            "label": label, "class_name": "", "split": "", "kinds": list(kinds),
+            "label": label, "class_name": "", "split": "", "kinds": list(codes),
             "encoding": fmt, "bound": 20.0}
     meta.update(attrs)
     if fmt == "float16":
         return store.VideoRecord(video_id, attrs=meta,
-                                 arrays={k: codes.astype(np.float16) for k in kinds})
-    streams = {f"{k}_{axis}": [store.encode_image(np.ascontiguousarray(c[i]), fmt) for c in codes]
-               for k in kinds for i, axis in enumerate("xy")}
+                                 arrays={k: c.astype(np.float16) for k, c in codes.items()})
+    streams = {f"{k}_{axis}": [store.encode_image(np.ascontiguousarray(x[i]), fmt, quality)
+                               for x in c]
+               for k, c in codes.items() for i, axis in enumerate("xy")}
     return store.VideoRecord(video_id, attrs=meta, streams=streams)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_tsn, textured_frames
+from shards import frame_record
 from tsn_pipeline import store
 from tsn_pipeline.videoio import write_video
 
@@ -263,9 +264,8 @@ def test_checkpoints_never_execute_pickled_code(tmp_path):
 
 
 def _tiny_record(task):
-    img = np.full((8, 8, 3), len(task.video_id) * 10, np.uint8)
-    return store.VideoRecord(task.video_id, attrs={"num_frames": 1, "label": task.label},
-                             streams={"rgb": [store.encode_image(img)]})
+    return frame_record(task.video_id, np.full((1, 8, 8, 3), len(task.video_id) * 10, np.uint8),
+                        label=task.label, fmt="jpeg")
 
 
 def test_damaged_part_after_a_machine_crash_is_redone(tmp_path):
