@@ -217,7 +217,7 @@ def test_pipeline_settings_name_real_options(name):
     default_map keys silently, so a typo would otherwise be lost), and its value converts."""
     import click
 
-    import cli
+    from tsn_pipeline import cli
 
     path = Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.toml"
     sections = cli.load_config(str(path))

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import CLIPS, textured_frames
 from shards import flip_byte, frame_record, payload_offset, write_shards
-from tsn_pipeline import batch, store
+from tsn_pipeline import store
 from tsn_pipeline.flow import read_flow, resolve_backend
 from tsn_pipeline.flow.opencv import BackendUnavailable, cuda_device_count
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from tsn_pipeline.cli import main
 from shards import flow_record, frame_record, write_shards
 from tsn_pipeline import batch, store
 
