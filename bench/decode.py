@@ -84,7 +84,7 @@ def main():
             shutil.rmtree(out, ignore_errors=True)
             os.sync()                      # no earlier run's dirty pages flushed on our time
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "cli", "decode", str(src), "--out", str(out),
+            subprocess.run([sys.executable, "-m", "tsn_pipeline.cli", "decode", str(src), "--out", str(out),
                             "--size", args.size, "--workers", str(args.workers), "--no-progress",
                             *extra], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
             return time.perf_counter() - t0
@@ -103,7 +103,7 @@ def main():
         tiny.mkdir()
         (tiny / clips[0].name).symlink_to(clips[0].resolve())
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "cli", "decode", str(tiny), "--out", str(work / "tiny_out"),
+        subprocess.run([sys.executable, "-m", "tsn_pipeline.cli", "decode", str(tiny), "--out", str(work / "tiny_out"),
                         "--size", "32x24", "--workers", str(args.workers), "--no-progress"],
                        cwd=REPO, check=True, stdout=subprocess.DEVNULL)
         t_start = time.perf_counter() - t0

@@ -147,7 +147,7 @@ def bench_workers(videos: dict, workers: int) -> dict:
     loop_s = time.perf_counter() - t
     with tempfile.TemporaryDirectory() as tmp:
         shard = write_frame_shard(videos, Path(tmp) / "frames")
-        cmd = [sys.executable, "-m", "cli", "flow", str(shard), "--out", str(Path(tmp) / "flow"),
+        cmd = [sys.executable, "-m", "tsn_pipeline.cli", "flow", str(shard), "--out", str(Path(tmp) / "flow"),
                "--backend", "opencv", "--workers", str(workers), "--no-progress"]
         t = time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)

@@ -47,7 +47,7 @@ def drop_from_page_cache(paths) -> None:
 
 
 def tsn(*args) -> None:
-    subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=REPO, check=True,
+    subprocess.run([sys.executable, "-m", "tsn_pipeline.cli", *map(str, args)], cwd=REPO, check=True,
                    stdout=subprocess.DEVNULL)
 
 

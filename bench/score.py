@@ -49,7 +49,7 @@ def save_random_checkpoint(path: Path, arch: str, modality: str = "rgb", num_cla
 
 def run_cli(*args) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=REPO, check=True,
+    subprocess.run([sys.executable, "-m", "tsn_pipeline.cli", *map(str, args)], cwd=REPO, check=True,
                    stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0
 

@@ -108,6 +108,7 @@ help:
 	@echo ""
 	@echo "  make demo                   generate the demo dataset and run every stage on it (CPU ok, <= 10 min)"
 	@echo "  make install | test         virtualenv in .venv | the test suite"
+	@echo "  make test-slurm             the SLURM array scripts under a one-node local SLURM (root; docs/PIPELINES.md)"
 	@echo ""
 	@echo "  Per dataset D in: $(TSN_DATASETS)"
 	@echo "  make D-list                 video list of split SPLIT from DATA (tsn make-list)"

@@ -70,10 +70,10 @@ def make_video(tmp_path):
 
 
 def run_tsn(*args, check=None, env=None, timeout=300, **kwargs) -> subprocess.CompletedProcess:
-    """Run the real ``tsn`` command line in a subprocess (``python -m cli``)."""
+    """Run the real ``tsn`` command line in a subprocess (``python -m tsn_pipeline.cli``)."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    proc = subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "tsn_pipeline.cli", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, env=full_env, timeout=timeout, **kwargs)
     if check is not None and proc.returncode != check:
         raise AssertionError(f"tsn {' '.join(map(str, args))} exited {proc.returncode}, "
@@ -86,7 +86,7 @@ def cli_runner():
     """invoke(args) -> click Result, running ``cli.main`` in-process."""
     from click.testing import CliRunner
 
-    import cli
+    from tsn_pipeline import cli
 
     runner = CliRunner()
 

@@ -23,20 +23,21 @@ def frame_record(video_id: str, frames: np.ndarray, label: int = 0, fmt: str = "
                              label=label, **attrs)
 
 
-def flow_record(video_id: str, codes: np.ndarray, label: int = 0, kinds: Sequence[str] = ("tvl1",),
-                fmt: str = "png", **attrs) -> store.VideoRecord:
-    """A flow-shard video as `tsn flow` lays it out (``store.flow_video``): quantised codes
-    (T, 2, H, W) uint8 as ``<kind>_x``/``<kind>_y`` streams (the same codes for every kind),
-    or float16 arrays when ``fmt="float16"``."""
-    t, _, h, w = codes.shape
+def flow_record(video_id: str, codes: Mapping[str, np.ndarray], label: int = 0,
+                fmt: str = "png", quality: int = 95, **attrs) -> store.VideoRecord:
+    """A flow-shard video as `tsn flow` lays it out (``store.flow_video``): per flow kind
+    (``tvl1``, ``warped``) quantised codes (T, 2, H, W) uint8 as ``<kind>_x``/``<kind>_y``
+    streams (PNG, or JPEG at ``quality``), or float16 arrays ``<kind>`` when
+    ``fmt="float16"``; ``attrs`` adds or overrides (class_name, split, bound, ...)."""
+    t, _, h, w = next(iter(codes.values())).shape
     if fmt == "float16":
-        data = {"arrays": {k: codes.astype(np.float16) for k in kinds}}
+        data = {"arrays": {k: c.astype(np.float16) for k, c in codes.items()}}
     else:
-        data = {"streams": {f"{k}_{axis}": [store.encode_image(np.ascontiguousarray(c[i]), fmt)
-                                            for c in codes]
-                            for k in kinds for i, axis in enumerate("xy")}}
+        data = {"streams": {f"{k}_{axis}": [store.encode_image(np.ascontiguousarray(x[i]), fmt,
+                                                                quality) for x in c]
+                            for k, c in codes.items() for i, axis in enumerate("xy")}}
     attrs.setdefault("bound", 20.0)
-    return store.flow_video(video_id, num_frames=t + 1, step=1, kinds=kinds, encoding=fmt,
+    return store.flow_video(video_id, num_frames=t + 1, step=1, kinds=list(codes), encoding=fmt,
                             width=w, height=h, label=label, **data, **attrs)
 
 

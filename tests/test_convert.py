@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from PIL import Image
 from torch import nn
 
-from cli import main
+from tsn_pipeline.cli import main
 from tsn_pipeline import batch, store, transforms
 from tsn_pipeline.model import load_checkpoint, load_weights, build_model, ModelConfig
 

@@ -211,13 +211,13 @@ def test_make_list_cli_writes_the_list_decode_reads(ucf_root, cli_runner, tmp_pa
     assert result.exit_code == 1 and "class folder 'Nope' is not in classInd.txt" in result.output
 
 
-@pytest.mark.parametrize("name", ["ucf101", "hmdb51", "demo", "template"])
+@pytest.mark.parametrize("name", ["ucf101", "hmdb51", "demo", "demo-tiny", "template"])
 def test_pipeline_settings_name_real_options(name):
     """Every key of pipelines/<name>.toml is an option of its command (click ignores unknown
     default_map keys silently, so a typo would otherwise be lost), and its value converts."""
     import click
 
-    import cli
+    from tsn_pipeline import cli
 
     path = Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.toml"
     sections = cli.load_config(str(path))

@@ -218,7 +218,7 @@ def test_killed_run_resumes_to_identical_shard(tmp_path):
     run_tsn(*args, "--out", tmp_path / "whole", check=0)
     out = tmp_path / "killed"
     parts = out / ".frames-0-of-1.h5.parts"
-    proc = subprocess.Popen([sys.executable, "-m", "cli", *map(str, args), "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "tsn_pipeline.cli", *map(str, args), "--out", str(out)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
@@ -288,7 +288,7 @@ def test_info_json_lists_every_video(make_video, cli_runner, tmp_path):
 def test_bad_size_is_a_usage_error(cli_runner, tmp_path):
     from click.testing import CliRunner
 
-    import cli
+    from tsn_pipeline import cli
 
     result = CliRunner().invoke(cli.main, ["decode", str(tmp_path), "--out", str(tmp_path / "o"),
                                            "--size", "big"])

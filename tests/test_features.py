@@ -5,7 +5,7 @@ import h5py
 import numpy as np
 from click.testing import CliRunner
 
-from cli import main
+from tsn_pipeline.cli import main
 from test_score import (S_IN, VIDEOS, frames_of, save_checkpoint, tiny_model,
                         write_flow_shards, write_frame_shards)
 

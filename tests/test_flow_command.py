@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import CLIPS, textured_frames
-from shards import flip_byte, payload_offset
-from tsn_pipeline import batch, store
+from shards import flip_byte, frame_record, payload_offset, write_shards
+from tsn_pipeline import store
 from tsn_pipeline.flow import read_flow, resolve_backend
 from tsn_pipeline.flow.opencv import BackendUnavailable, cuda_device_count
 
@@ -20,20 +20,11 @@ FAST = ["--no-progress", "--no-compile", "--nscales", "3", "--warps", "3", "--wo
 
 
 def write_frames(out: Path, videos: dict, index: int = 0, count: int = 1) -> Path:
-    """A frame shard as `tsn decode` lays it out, PNG frames so the pixels are exact."""
-    def make(task):
-        frames = videos[task.video_id]
-        attrs = {"num_frames": len(frames), "fps": 25.0, "height": frames.shape[1],
-                 "width": frames.shape[2], "label": task.label, "class_name": f"c{task.label}",
-                 "split": "train"}
-        return store.VideoRecord(task.video_id, attrs=attrs,
-                                 streams={"rgb": [store.encode_image(f, "png") for f in frames]})
-
-    ids = batch.assign_shard(list(videos), index, count)
-    tasks = [batch.Task(v, "memory", label=i) for i, v in enumerate(ids)]
-    batch.run_stage(kind="frames", out_dir=out, shard_index=index, num_shards=count,
-                    config={"size": None}, tasks=tasks, process=make, progress=False,
-                    root_extra={"classes": json.dumps(["c0", "c1"])})
+    """Frame shard ``index`` of ``count`` as `tsn decode` lays it out, PNG so pixels are exact."""
+    records = {v: frame_record(v, frames, label=i, class_name=f"c{i}", split="train")
+               for i, (v, frames) in enumerate(sorted(videos.items()))}
+    write_shards(out, "frames", records, count, config={"size": None}, classes=["c0", "c1"],
+                 indices=[index])
     return out / store.shard_name("frames", index, count)
 
 
@@ -175,6 +166,11 @@ def test_flow_writes_every_shard_and_shard_i_holds_frame_shard_i(tmp_path, cli_r
         (0, "written"), (1, "complete")]
     for i in range(2):
         assert store.open_shards(out / f"flow-{i}-of-2.h5").ids == frame_ids[i]
+    # one frame shard file given: its flow shard only
+    single = cli_runner("flow", tmp_path / "frames" / "frames-1-of-2.h5", "--out",
+                        tmp_path / "flow1", "--backend", "opencv", *FAST)
+    assert single.exit_code == 0, single.output
+    assert sorted(p.name for p in (tmp_path / "flow1").glob("*.h5")) == ["flow-1-of-2.h5"]
     # a frame shard missing: the flow shard that needs it is refused, naming it
     (tmp_path / "frames" / "frames-0-of-2.h5").unlink()
     missing = cli_runner(*args, "--out", tmp_path / "flow2", "--shard-index", "0")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from tsn_pipeline.cli import main
 from tsn_pipeline import batch, fuse, score
 
 CLASSES = ["brush_hair", "cartwheel", "catch"]

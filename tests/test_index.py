@@ -7,6 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
+from shards import frame_record
 from tsn_pipeline import batch, store
 from tsn_pipeline.index import StageIndexError, array_spec, build_index
 
@@ -19,9 +20,8 @@ def _process(task: batch.Task) -> store.VideoRecord:
     if task.video_id in BAD:
         raise batch.VideoFailure(f"{task.source}: not a readable video")
     n = 2 + int(task.video_id[1:]) % 3
-    img = store.encode_image(np.full((8, 8, 3), 7 * n, np.uint8))
-    return store.VideoRecord(task.video_id, attrs={"num_frames": n, "label": n % 2},
-                             streams={"rgb": [img] * n})
+    return frame_record(task.video_id, np.full((n, 8, 8, 3), 7 * n, np.uint8), label=n % 2,
+                        fmt="jpeg")
 
 
 def _shard(out, i, n, ids=IDS, config=None):

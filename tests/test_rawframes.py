@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import textured_frames
-from shards import flip_byte, frame_record, payload_offset, write_shards
-from tsn_pipeline import batch, store
+from shards import flip_byte, flow_record, frame_record, payload_offset, write_shards
+from tsn_pipeline import store
 from tsn_pipeline.flow.quantize import quantize_flow
 from tsn_pipeline.flow.reader import read_flow
 from tsn_pipeline.rawframes import image_size
@@ -119,13 +119,18 @@ def test_round_trip_export_import_is_byte_identical(make_video, tmp_path, cli_ru
     assert cli_runner("decode", tmp_path / "videos", "--out", frames_dir, "--size", "original",
                       "--num-shards", "2", "--shard-index", "1", "--no-progress").exit_code == 0
     frames = store.open_shards(frames_dir)
-    # flow shards in the flow stage's layout, made from the decoded frames (tvl1 and warped)
-    for i in range(2):
-        tasks = [batch.Task(v, "", frames[v].label, {"class_name": frames[v].attrs["class_name"]})
-                 for v in batch.assign_shard(frames.ids, i, 2)]
-        batch.run_stage(kind="flow", out_dir=flow_dir, shard_index=i, num_shards=2,
-                        config={"kinds": ["tvl1", "warped"], "bound": 20.0, "encoding": "jpeg"},
-                        tasks=tasks, process=_FlowRecord(str(frames_dir)), progress=False)
+    # flow shards in the flow stage's layout: Farneback codes of the decoded frames as tvl1,
+    # the same with x inverted as warped, gray JPEG
+    records = {}
+    for vid in frames.ids:
+        tvl1 = _flow_codes(frames.read_frames(vid, range(frames[vid].length)))
+        warped = tvl1.copy()
+        warped[:, 0] = 255 - tvl1[:, 0]
+        records[vid] = flow_record(vid, {"tvl1": tvl1, "warped": warped}, frames[vid].label,
+                                   fmt="jpeg", quality=90,
+                                   class_name=frames[vid].attrs["class_name"])
+    write_shards(flow_dir, "flow", records, num_shards=2,
+                 config={"kinds": ["tvl1", "warped"], "bound": 20.0, "encoding": "jpeg"})
     flow = store.open_shards(flow_dir)
     out = tmp_path / "exported"
     export = ("export-rawframes", "--frames", frames_dir, "--flow", flow_dir, "--out", out,
@@ -163,37 +168,10 @@ def test_round_trip_export_import_is_byte_identical(make_video, tmp_path, cli_ru
         assert flow2[vid].attrs["kinds"] == ["tvl1", "warped"]
 
 
-class _FlowRecord:
-    """Picklable flow-stage stand-in: Farneback codes of the decoded frames, gray JPEG."""
-
-    def __init__(self, frames_dir: str):
-        self.frames_dir = frames_dir
-
-    def __call__(self, task):
-        frames = store.open_shards(self.frames_dir)
-        n = frames[task.video_id].length
-        rgb = frames.read_frames(task.video_id, range(n))
-        codes = _flow_codes(rgb)
-        enc = lambda a: store.encode_image(np.ascontiguousarray(a), "jpeg", 90)  # noqa: E731
-        streams = {"tvl1_x": [enc(c[0]) for c in codes], "tvl1_y": [enc(c[1]) for c in codes],
-                   "warped_x": [enc(255 - c[0]) for c in codes],
-                   "warped_y": [enc(c[1]) for c in codes]}
-        attrs = {"num_frames": n, "num_flows": n - 1, "step": 1, "height": rgb.shape[1],
-                 "width": rgb.shape[2], "label": task.label, "kinds": ["tvl1", "warped"],
-                 "encoding": "jpeg", "bound": 20.0, "class_name": task.meta["class_name"]}
-        return store.VideoRecord(task.video_id, attrs=attrs, streams=streams)
-
-
 def test_export_refuses_float16_flow(tmp_path, cli_runner):
-    def process(task):
-        return store.VideoRecord(task.video_id, attrs={"num_frames": 3, "num_flows": 2, "step": 1,
-                                                       "kinds": ["tvl1"], "encoding": "float16",
-                                                       "bound": 20.0},
-                                 arrays={"tvl1": np.zeros((2, 2, 8, 8), np.float16)})
-
-    batch.run_stage(kind="flow", out_dir=tmp_path / "flow", shard_index=0, num_shards=1,
-                    config={"encoding": "float16"}, tasks=[batch.Task("v", "")], process=process,
-                    progress=False)
+    codes = np.zeros((2, 2, 8, 8), np.uint8)
+    write_shards(tmp_path / "flow", "flow", {"v": flow_record("v", {"tvl1": codes}, fmt="float16")},
+                 config={"encoding": "float16"})
     result = cli_runner("export-rawframes", "--flow", tmp_path / "flow", "--out", tmp_path / "o",
                         "--no-progress")
     assert result.exit_code == 1 and "float16" in result.output

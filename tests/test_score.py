@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from tsn_pipeline.cli import main
+from shards import flow_record, frame_record, write_shards
 from tsn_pipeline import batch, store
 
 H, W, S_IN = 36, 48, 32
@@ -36,55 +37,26 @@ VIDEOS = {"vid_a": (31, 0, "train"), "vid_b": (12, 2, "test"), "vid_c": (7, 3, "
 
 def write_frame_shards(out, videos=VIDEOS, num_shards=1, mirror=False):
     """Frame shards in the layout of `tsn decode` (PNG instead of JPEG)."""
-    for i in range(num_shards):
-        tasks = [batch.Task(v, "synthetic", videos[v][1]) for v in
-                 batch.assign_shard(list(videos), i, num_shards)]
-
-        def bp(todo):
-            for t in todo:
-                n, label, split = videos[t.video_id]
-                fr = frames_of(n, sorted(videos).index(t.video_id))
-                if mirror:
-                    fr = fr[:, :, ::-1]
-                yield t, store.VideoRecord(
-                    t.video_id, attrs={"num_frames": n, "fps": 25.0, "height": H, "width": W,
-                                       "label": label, "class_name": CLASSES[label],
-                                       "split": split},
-                    streams={"rgb": [store.encode_image(np.ascontiguousarray(f), "png")
-                                     for f in fr]})
-
-        s = batch.run_batched_stage(kind="frames", out_dir=out, shard_index=i, num_shards=num_shards,
-                            config={"test": True}, tasks=tasks, batch_process=bp,
-                            progress=False, root_extra={"classes": json.dumps(CLASSES)})
-        assert s.failed == 0
-    return out
+    records = {}
+    for v, (n, label, split) in videos.items():
+        fr = frames_of(n, sorted(videos).index(v))
+        records[v] = frame_record(v, fr[:, :, ::-1] if mirror else fr, label,
+                                  class_name=CLASSES[label], split=split)
+    return write_shards(out, "frames", records, num_shards, classes=CLASSES)
 
 
 def write_flow_shards(out, videos=VIDEOS, mirror=False):
     """Flow shards in the layout of `tsn flow` (tvl1 streams, PNG, bound 20)."""
-    tasks = [batch.Task(v, "synthetic", videos[v][1]) for v in sorted(videos)]
-
-    def bp(todo):
-        for t in todo:
-            n, label, split = videos[t.video_id]
-            fl = flow_of(n - 1, sorted(videos).index(t.video_id))
-            if mirror:                  # the flow of the mirrored video: mirrored, x negated
-                fl = fl[..., ::-1].copy()
-                fl[:, 0] = 255 - fl[:, 0]
-            yield t, store.VideoRecord(
-                t.video_id, attrs={"num_frames": n, "num_flows": n - 1, "step": 1, "height": H,
-                                   "width": W, "label": label, "class_name": CLASSES[label],
-                                   "split": split, "encoding": "png", "bound": 20.0,
-                                   "kinds": ["tvl1"]},
-                streams={"tvl1_x": [store.encode_image(np.ascontiguousarray(f[0]), "png") for f in fl],
-                         "tvl1_y": [store.encode_image(np.ascontiguousarray(f[1]), "png") for f in fl]})
-
-    s = batch.run_batched_stage(kind="flow", out_dir=out, shard_index=0, num_shards=1,
+    records = {}
+    for v, (n, label, split) in videos.items():
+        fl = flow_of(n - 1, sorted(videos).index(v))
+        if mirror:                  # the flow of the mirrored video: mirrored, x negated
+            fl = fl[..., ::-1].copy()
+            fl[:, 0] = 255 - fl[:, 0]
+        records[v] = flow_record(v, {"tvl1": fl}, label, class_name=CLASSES[label], split=split)
+    return write_shards(out, "flow", records,
                         config={"kinds": ["tvl1"], "encoding": "png", "bound": 20.0},
-                        tasks=tasks, batch_process=bp, progress=False,
-                        root_extra={"classes": json.dumps(CLASSES)})
-    assert s.failed == 0
-    return out
+                        classes=CLASSES)
 
 
 def tiny_model(modality="rgb", seed=0, **kw):

@@ -162,7 +162,7 @@ def test_flow_train_and_score_refuse_frame_shards_of_different_sizes(make_video,
 
 def test_info_counts_flow_fields_in_flow_shards(tmp_path, cli_runner):
     codes = np.random.default_rng(0).integers(0, 256, (4, 2, 12, 16), dtype=np.uint8)
-    out = write_shards(tmp_path / "flow", "flow", {"v": flow_record("v", codes)})
+    out = write_shards(tmp_path / "flow", "flow", {"v": flow_record("v", {"tvl1": codes})})
     result = cli_runner("info", out)
     assert result.exit_code == 0, result.output
     assert "videos 1, flow fields 4," in result.output and "frames" not in result.output.split("config")[0]

@@ -102,7 +102,7 @@ def test_resume_after_kill_gives_the_same_weights(synth, tmp_path, cli_runner):
 
     killed = tmp_path / "killed"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "cli", *args, "--out", str(killed)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "tsn_pipeline.cli", *args, "--out", str(killed)], cwd=REPO,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     try:

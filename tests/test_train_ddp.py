@@ -27,7 +27,7 @@ def test_two_process_gloo_ddp_matches_one_process(tmp_path, cli_runner):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "cli", *args, "--out", str(tmp_path / "ddp")],
+         "-m", "tsn_pipeline.cli", *args, "--out", str(tmp_path / "ddp")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,6 +1,8 @@
-"""The batch runner every per-video stage uses (decode, flow, score, features).
+"""The batch runner every per-video stage uses (decode, flow, score, features, rawframes).
 
 Reads a list of ``Task`` (one per video), writes one shard ``<out>/<kind>-<i>-of-<n>.h5``.
+Which videos shard i of n takes is decided here for every stage: ``shard_of`` (SHA-1 of the
+id, modulo n), so adding or removing a video never moves another one.
 
 How a shard is made, and why each step is there:
 
@@ -17,8 +19,10 @@ How a shard is made, and why each step is there:
    Errors of the output itself (disk full, read-only folder) stop the run, name the path and
    leave no ``.h5`` behind.
 
-The resolved config of the stage is stored in the shard and the parts folder: a rerun with
-different settings is refused rather than mixed (``--overwrite`` redoes the shard).
+The resolved config of the stage is stored in the shard and the parts folder, and the shard
+records the ids it was assigned (stored and failed): a rerun with different settings, or
+with videos added to or removed from its input, is refused rather than mixed
+(``--overwrite`` redoes the shard).
 """
 from __future__ import annotations
 
@@ -174,7 +178,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     _atomic_write_bytes(path, text.encode("utf-8"), durable=True)
 
 
-def _atomic_write_bytes(path: Path, data: bytes, durable: bool) -> None:
+def _atomic_write_bytes(path: Path, data, durable: bool) -> None:
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as fh:
@@ -228,7 +232,7 @@ def write_part(parts: Path, record: store.VideoRecord) -> None:
     buf = io.BytesIO()
     with h5py.File(buf, "w", libver=("earliest", "v110"), track_order=False) as f:
         store.write_record(f.create_group(store.VIDEOS), record)
-    _atomic_write_bytes(_part_path(parts, record.video_id), buf.getvalue(), durable=False)
+    _atomic_write_bytes(_part_path(parts, record.video_id), buf.getbuffer(), durable=False)
 
 
 def _part_ok(path: Path) -> bool:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_tsn, textured_frames
+from shards import frame_record
 from tsn_pipeline import store
 from tsn_pipeline.videoio import write_video
 
@@ -70,7 +71,7 @@ def test_wrong_extension_single_frame_and_unreadable(tmp_path):
     locked = videos / "locked.mkv"
     write_video(locked, textured_frames(4, 24, 32))
     locked.chmod(0)
-    cmd = [sys.executable, "-m", "cli", "decode", str(videos), "--out", str(tmp_path / "out"),
+    cmd = [sys.executable, "-m", "tsn_pipeline.cli", "decode", str(videos), "--out", str(tmp_path / "out"),
            "--size", "original", "--no-progress"]
     if os.geteuid() == 0:   # root reads anything: drop the capabilities that let it
         setpriv = shutil.which("setpriv")
@@ -98,7 +99,7 @@ def _kill_repeatedly(args, out: Path, times: int, seed: int, low: float, high: f
     """Start `tsn ARGS --out OUT` and SIGKILL it (workers too) after a random delay, TIMES times."""
     rng = random.Random(seed)
     for _ in range(times):
-        proc = subprocess.Popen([sys.executable, "-m", "cli", *map(str, args), "--out", str(out)],
+        proc = subprocess.Popen([sys.executable, "-m", "tsn_pipeline.cli", *map(str, args), "--out", str(out)],
                                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         time.sleep(rng.uniform(low, high))
@@ -125,7 +126,7 @@ def test_repeated_sigkill_then_resume_is_byte_identical(tmp_path):
 
 def test_two_processes_on_one_shard_never_corrupt_it(tmp_path):
     _make_videos(tmp_path / "v", 6)
-    cmd = [sys.executable, "-m", "cli", "decode", str(tmp_path / "v"), "--out",
+    cmd = [sys.executable, "-m", "tsn_pipeline.cli", "decode", str(tmp_path / "v"), "--out",
            str(tmp_path / "out"), "--size", "original", "--no-progress"]
     procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
@@ -263,9 +264,8 @@ def test_checkpoints_never_execute_pickled_code(tmp_path):
 
 
 def _tiny_record(task):
-    img = np.full((8, 8, 3), len(task.video_id) * 10, np.uint8)
-    return store.VideoRecord(task.video_id, attrs={"num_frames": 1, "label": task.label},
-                             streams={"rgb": [store.encode_image(img)]})
+    return frame_record(task.video_id, np.full((1, 8, 8, 3), len(task.video_id) * 10, np.uint8),
+                        label=task.label, fmt="jpeg")
 
 
 def test_damaged_part_after_a_machine_crash_is_redone(tmp_path):

@@ -66,7 +66,7 @@ def run(tmp_path_factory, cli_runner_module):
 def cli_runner_module():
     from click.testing import CliRunner
 
-    import cli
+    from tsn_pipeline import cli
 
     def invoke(*args):
         return CliRunner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False)
@@ -144,7 +144,7 @@ def test_checkpoints_of_other_classes_or_models_are_refused(run, tmp_path, cli_r
 def test_two_trainings_into_one_folder_the_second_refuses(run, tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen(
-        [sys.executable, "-m", "cli", "train", "--frames", str(run / "frames"), *TINY,
+        [sys.executable, "-m", "tsn_pipeline.cli", "train", "--frames", str(run / "frames"), *TINY,
          "--iterations", "100000", "--lr", "0.01", "--out", str(out)],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

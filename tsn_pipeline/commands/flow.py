@@ -1,6 +1,8 @@
 """`tsn flow`: frame shards -> TV-L1 / warped TV-L1 flow shards (see tsn_pipeline.flow)."""
 from __future__ import annotations
 
+import os
+
 import click
 
 from ..modalities import FLOW_KINDS
@@ -77,7 +79,8 @@ def flow(frames, out_dir, kind, step, bound, encoding, quality, backend, device,
     FRAMES are frame shards or folders of them (from `tsn decode`); flow shard i of N holds
     the videos of frame shard i of N (one assignment rule), N-STEP flow fields per video.
     --num-shards defaults to the frame shards' count. Without --shard-index (and outside a
-    SLURM array) every shard 0..N-1 is written. Prints one JSON summary line per shard;
+    SLURM array) every shard 0..N-1 is written (given frame shard files: the flow shards of
+    those files). Prints one JSON summary line per shard;
     exits 1 if any video failed (reasons in <out>/flow-<i>-of-<n>.failures.json).
     On CPU --workers processes (default: every usable core) run one video each on one
     thread, whatever the backend; torch on a CUDA device runs one process that batches pairs
@@ -121,9 +124,13 @@ def flow(frames, out_dir, kind, step, bound, encoding, quality, backend, device,
         workers = 1 if backend_name == "torch" and dev.startswith("cuda") else usable_cores()
 
     frame_set = open_shards(frames, kind="frames")
+    frame_count = frame_set_count(frame_set)
     if num_shards is None:          # flow shard i from frame shard i, also in arrays
-        num_shards = frame_set_count(frame_set)
-    indices, count = select_shards(shard_index, num_shards)
+        num_shards = frame_count
+    given = None                    # frame shard files given: the flow shards they make
+    if num_shards == frame_count and all(os.path.isfile(p) for p in frames):
+        given = [int(r.get("shard_index", 0)) for r in frame_set.root.values()]
+    indices, count = select_shards(shard_index, num_shards, only=given)
     run_shards(indices, lambda index: run_flow(
         frame_set, out_dir, cfg, index, count, device=dev,
         compile=compile and backend_name == "torch", batch_size=batch_size, workers=workers,

@@ -102,22 +102,21 @@ def run_options(f: Optional[Callable] = None, *, all_cores: bool = False) -> Cal
 
 
 def select_shards(shard_index: Optional[int], num_shards: Optional[int],
-                  default_count: int = 1) -> Tuple[List[int], int]:
+                  only: Optional[Sequence[int]] = None) -> Tuple[List[int], int]:
     """(shard indices this process writes, number of shards).
 
     Inside a SLURM array (``SLURM_ARRAY_TASK_ID`` set) or with ``--shard-index``: that one
-    shard (``batch.resolve_shard``'s rules). Otherwise every shard ``0..N-1``, N being
-    ``--num-shards`` or ``default_count`` (1, or for flow the frame shards' count).
+    shard (``batch.resolve_shard``'s rules). Otherwise every shard ``0..N-1`` (N:
+    ``--num-shards``, default 1), or the shards ``only`` when the input names them (flow
+    given some frame shard files).
     """
     from ..batch import resolve_shard
 
     in_array = "SLURM_ARRAY_TASK_ID" in os.environ
     try:
         if shard_index is None and not in_array:
-            count = default_count if num_shards is None else num_shards
-            return list(range(count)), count
-        if num_shards is None and not in_array:
-            num_shards = default_count
+            count = 1 if num_shards is None else num_shards
+            return (list(range(count)) if only is None else sorted(only)), count
         index, count = resolve_shard(shard_index, num_shards)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--shard-index/--num-shards") from exc
