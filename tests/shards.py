@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+import functools
 from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
@@ -75,3 +76,92 @@ def flip_byte(path: Path, offset: int, bit: int = 0x10) -> None:
         byte = fh.read(1)[0]
         fh.seek(offset)
         fh.write(bytes([byte ^ bit]))
+
+
+# -- training material: synthetic videos whose frames and flow are known exactly -------------
+H, W = 48, 64
+
+
+def synthetic_frames(label: int, num_frames: int, seed: int) -> np.ndarray:
+    """(T, H, W, 3) uint8: a class-coloured background, noise, and a bar moving right.
+
+    Frame t carries its index in pixel (0, 0) (red channel = 10 * t), so tests can check
+    which frames a clip holds.
+    """
+    rng = np.random.default_rng(seed)
+    colours = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40), (200, 40, 200),
+               (40, 200, 200)]
+    base = np.array(colours[label % len(colours)], np.float32)
+    frames = np.empty((num_frames, H, W, 3), np.uint8)
+    for t in range(num_frames):
+        img = base + rng.normal(0, 12, (H, W, 3))
+        x = (4 * t + 8 * label) % (W - 8)
+        img[:, x:x + 8] = 255 - base
+        frames[t] = np.clip(img, 0, 255).astype(np.uint8)
+        frames[t, :8, :8] = (min(10 * t, 255), 0, 0)   # a large flat patch survives JPEG
+    return frames
+
+
+def synthetic_flow(label: int, num_flows: int) -> np.ndarray:
+    """(T, 2, H, W) uint8 quantised flow: x code = 100 + 10 * t + label, y code = 60 + t."""
+    flow = np.empty((num_flows, 2, H, W), np.uint8)
+    for t in range(num_flows):
+        flow[t, 0] = 100 + 10 * t + label
+        flow[t, 1] = 60 + t
+        flow[t, 0, :, : W // 4] = 30 + label     # left quarter differs: flips are visible
+    return flow
+
+
+def _frame_record(task: batch.Task) -> store.VideoRecord:
+    m = task.meta
+    frames = synthetic_frames(task.label, m["num_frames"], m["seed"])
+    return store.VideoRecord(task.video_id, attrs={
+        "num_frames": m["num_frames"], "fps": 25.0, "height": H, "width": W, "label": task.label,
+        "class_name": f"c{task.label}", "split": m["split"]},
+        streams={"rgb": [store.encode_image(f, "png") for f in frames]})
+
+
+def _flow_record(task: batch.Task, kinds) -> store.VideoRecord:
+    m = task.meta
+    n = m["num_frames"] - 1
+    flow = synthetic_flow(task.label, n)
+    streams = {}
+    for kind in kinds:
+        streams[f"{kind}_x"] = [store.encode_image(f[0], "png") for f in flow]
+        streams[f"{kind}_y"] = [store.encode_image(f[1], "png") for f in flow]
+    return store.VideoRecord(task.video_id, attrs={
+        "num_frames": m["num_frames"], "num_flows": n, "step": 1, "height": H, "width": W,
+        "label": task.label, "class_name": f"c{task.label}", "split": m["split"]},
+        streams=streams)
+
+
+def video_table(num_videos=4, num_classes=4, num_frames=12, val=0):
+    """[(video_id, label, num_frames, split)]: ``num_videos`` train videos (+ ``val``)."""
+    rows = [(f"vid{i:02d}", i % num_classes, num_frames + i, "train") for i in range(num_videos)]
+    rows += [(f"val{i:02d}", i % num_classes, num_frames, "test") for i in range(val)]
+    return rows
+
+
+def _tasks(rows):
+    return [batch.Task(v, "", lab, {"num_frames": n, "seed": k, "split": s})
+            for k, (v, lab, n, s) in enumerate(rows)]
+
+
+def make_frame_shards(out: Path, rows, num_classes=None):
+    summary = batch.run_stage(
+        kind="frames", out_dir=out, shard_index=0, num_shards=1,
+        config={"test": "synthetic"}, tasks=_tasks(rows), process=_frame_record,
+        progress=False,
+        root_extra={"classes": [f"c{i}" for i in range(num_classes or 1 + max(r[1] for r in rows))]})
+    assert summary.failed == 0
+    return out
+
+
+def make_flow_shards(out: Path, rows, kinds=("tvl1",)):
+    config = {"kinds": list(kinds), "encoding": "png", "bound": 20.0, "step": 1}
+    summary = batch.run_stage(
+        kind="flow", out_dir=out, shard_index=0, num_shards=1, config=config,
+        tasks=_tasks(rows), process=functools.partial(_flow_record, kinds=tuple(kinds)),
+        progress=False)
+    assert summary.failed == 0
+    return out

@@ -6,7 +6,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from tsn_pipeline.cli import main
-from test_score import (S_IN, VIDEOS, frames_of, save_checkpoint, tiny_model,
+from scoring import (S_IN, VIDEOS, frames_of, save_checkpoint, tiny_model,
                         write_flow_shards, write_frame_shards)
 
 REAL_CLIP = "TrumanShow_wave_f_nm_np1_fr_med_26.avi"     # 48 frames

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train_data import make_flow_shards, make_frame_shards, video_table
+from shards import make_flow_shards, make_frame_shards, video_table
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--arch", "resnet10", "--input-size", "32", "--workers", "0", "--seed", "1", "--threads", "1",

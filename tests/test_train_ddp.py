@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train_data import make_frame_shards, video_table
+from shards import make_frame_shards, video_table
 
 REPO = Path(__file__).resolve().parents[1]
 
