@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 $PY bench/decode.py
+$PY bench/read.py
 $PY bench/flow.py
 $PY bench/train.py
 $PY bench/score.py --arch resnet18

@@ -83,8 +83,8 @@ def flow(frames, out_dir, kind, step, bound, encoding, quality, backend, device,
     those files). Prints one JSON summary line per shard;
     exits 1 if any video failed (reasons in <out>/flow-<i>-of-<n>.failures.json).
     On CPU --workers processes (default: every usable core) run one video each on one
-    thread, whatever the backend; torch on a CUDA device runs one process that batches pairs
-    of many videos on the device.
+    thread, whatever the backend; on a GPU the default is one process (torch batches pairs
+    of many videos on the device).
     """
     import dataclasses
 
@@ -120,8 +120,8 @@ def flow(frames, out_dir, kind, step, bound, encoding, quality, backend, device,
         raise click.BadParameter(str(exc)) from exc
     if batch_size is None:
         batch_size = 128 if dev.startswith("cuda") else 8
-    if workers is None:
-        workers = 1 if backend_name == "torch" and dev.startswith("cuda") else usable_cores()
+    if workers is None:      # CPU: a process per core; a GPU: one process feeds it
+        workers = 1 if dev.startswith("cuda") else usable_cores()
 
     frame_set = open_shards(frames, kind="frames")
     frame_count = frame_set_count(frame_set)

@@ -80,8 +80,8 @@ def usable_cores() -> int:
 def run_options(f: Optional[Callable] = None, *, all_cores: bool = False) -> Callable:
     """--workers, --overwrite, --retry-failed, --progress/--no-progress.
 
-    ``@run_options(all_cores=True)``: --workers defaults to every usable core (``None`` until
-    the command resolves it) instead of 1.
+    ``@run_options(all_cores=True)``: --workers defaults to every usable core on CPU, 1 on a
+    GPU (``None`` until the command resolves it) instead of 1.
     """
     if f is None:
         return lambda g: run_options(g, all_cores=all_cores)
@@ -93,8 +93,8 @@ def run_options(f: Optional[Callable] = None, *, all_cores: bool = False) -> Cal
                      help="Redo the shard even if it exists or an unfinished run used other settings.")(f)
     if all_cores:
         f = click.option("--workers", type=click.IntRange(min=1), default=None,
-                         help=f"Worker processes [default: every usable core, {usable_cores()} "
-                              "here].", callback=cap_workers)(f)
+                         help=f"Worker processes [default: every usable core on CPU "
+                              f"({usable_cores()} here), 1 on a GPU].", callback=cap_workers)(f)
     else:
         f = click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
                          callback=cap_workers, help="Worker processes (at most the cores).")(f)

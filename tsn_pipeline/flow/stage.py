@@ -336,12 +336,12 @@ def run_flow(frames: store.ShardSet, out_dir, cfg: FlowConfig, shard_index: int 
             batch_videos, cfg=cfg, device=device, compile=compile, batch_size=batch_size),
             **common)
     process = functools.partial(process_video, cfg=cfg, compile=compile, batch_size=batch_size)
-    if workers > 1 or cfg.backend != "torch":
+    if cfg.backend != "torch":
         return batch.run_stage(process=process, workers=workers, **common)
     import torch
 
-    threads = torch.get_num_threads()      # process_video sets one thread: restore it after
-    try:
-        return batch.run_stage(process=process, workers=1, **common)
+    threads = torch.get_num_threads()   # process_video sets one thread where it runs in this
+    try:                                # process (one worker, or one video): restore it after
+        return batch.run_stage(process=process, workers=workers, **common)
     finally:
         torch.set_num_threads(threads)
