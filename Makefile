@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test test-slurm
+.PHONY: install test test-fast test-slurm
 
 $(BIN)/tsn: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -13,9 +13,14 @@ $(BIN)/tsn: setup.cfg pyproject.toml
 
 install: $(BIN)/tsn
 
-# TSN_TEST_COMPILE=1: also test the torch.compile'd TV-L1 loop (the CPU default; ~1 min compile)
+# The whole suite (what CI runs). TSN_TEST_COMPILE=1: also test the torch.compile'd TV-L1 loop
+# (the CPU default; ~1 min compile the first time, then cached).
 test: install
-	TSN_TEST_COMPILE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	TSN_TEST_COMPILE=1 $(BIN)/python -m pytest --durations=10 $(PYTEST_ARGS)
+
+# While developing: everything but the end-to-end tests marked slow
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # pipelines/slurm/*.sh under a real one-node SLURM (as root; installs the Debian packages
 # slurmctld slurmd slurm-client munge when missing): pipelines/slurm/test.sh says what it checks
