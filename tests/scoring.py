@@ -65,7 +65,7 @@ def tiny_model(modality="rgb", seed=0, **kw):
     return model.eval(), cfg
 
 
-def save_checkpoint(path, model, cfg, flip=True):
+def save_checkpoint(path, model, cfg, flip=True, classes=None):
     """Save ``model`` with the training code's own checkpoint writer (as `tsn train` does)."""
     import torch
 
@@ -74,6 +74,6 @@ def save_checkpoint(path, model, cfg, flip=True):
     opt = torch.optim.SGD(model.parameters(), lr=0.001)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[10])
     tcfg = TrainConfig(modality=cfg.modality, frames="frames", num_classes=cfg.num_classes,
-                       iterations=1, flip=flip)
+                       iterations=1, flip=flip, classes=classes)
     atomic_torch_save(checkpoint_state(model, cfg, tcfg, opt, sched, 0, 0, None, []), path)
     return path

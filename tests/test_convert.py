@@ -373,6 +373,14 @@ def test_convert_errors_name_the_keys_and_the_option(tmp_path):
               "--modality", "warped")
     assert res.exit_code == 0, res.output
     assert load_checkpoint(tmp_path / "a.pt")[1].new_length == 3
+    # an output folder that does not exist yet is made; an empty source is one clear line
+    res = run("convert", tmp_path / "flow.pth", tmp_path / "new" / "sub" / "a.pt",
+              "--num-segments", 3, "--modality", "warped")
+    assert res.exit_code == 0 and (tmp_path / "new" / "sub" / "a.pt").is_file(), res.output
+    (tmp_path / "empty.pth").write_bytes(b"")
+    res = run("convert", tmp_path / "empty.pth", tmp_path / "e.pt")
+    assert res.exit_code == 1 and "empty.pth: cannot be read as weights only" in res.output
+    assert "Traceback" not in res.output
     res = run("convert", tmp_path / "flow.pth", tmp_path / "a.pt", "--num-segments", 3,
               "--modality", "warped")
     assert res.exit_code == 1 and "exists; pass --overwrite" in res.output

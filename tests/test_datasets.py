@@ -260,6 +260,14 @@ def test_make_list_paths_resolve_from_any_current_folder(real_clips, cli_runner,
     assert shards.ids == sorted([Path(UCF_CLIP).stem, Path(HMDB_CLIPS[1]).stem])
     assert {v: shards[v].label for v in shards.ids} == {Path(UCF_CLIP).stem: 0,
                                                         Path(HMDB_CLIPS[1]).stem: 1}
+    # a list written into a linked folder: its paths resolve through the link's target
+    (tmp_path / "deep" / "a" / "b").mkdir(parents=True)
+    os.symlink(tmp_path / "deep" / "a" / "b", tmp_path / "project" / "lnk")
+    monkeypatch.chdir(tmp_path / "project")
+    result = cli_runner("make-list", "generic", "data/videos", "--out", "lnk/all.csv")
+    assert result.exit_code == 0, result.output
+    assert load_video_list("lnk/all.csv").items[0].path.endswith(".avi")
+    assert all(os.path.isfile(it.path) for it in load_video_list("lnk/all.csv").items)
     # an absolute list path works the same, from a third folder
     monkeypatch.chdir(data)
     result = cli_runner("decode", tmp_path / "project" / "out" / "lists" / "all.csv", "--out",

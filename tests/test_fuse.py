@@ -218,3 +218,31 @@ def test_one_set_of_shards_with_different_settings_is_refused(tmp_path):
     res = CliRunner().invoke(main, ["fuse", "--scores", f"rgb={tmp_path / 'a'}", "--scores",
                                     f"rgb={tmp_path / 'b'}", "--out", str(tmp_path / "f")])
     assert res.exit_code == 1 and "num_snippets: None -> 3" in res.output
+
+
+def test_a_modality_name_on_another_modalitys_scores_is_refused(tmp_path):
+    """NAME=PATH with a modality's name picks that modality's TSN weight: given another
+    modality's scores it is refused (a name of one's own is fine)."""
+    write_scores(tmp_path / "rgb", "rgb", RGB)
+    write_scores(tmp_path / "rgb2", "rgb", FLOW)
+    res = CliRunner().invoke(main, ["fuse", "--scores", f"rgb={tmp_path / 'rgb'}", "--scores",
+                                    f"flow={tmp_path / 'rgb2'}", "--out", str(tmp_path / "f")])
+    assert res.exit_code == 2 and "hold rgb scores, not flow" in res.output
+    assert not (tmp_path / "f").exists()
+    res = CliRunner().invoke(main, ["fuse", "--scores", f"rgb={tmp_path / 'rgb'}", "--scores",
+                                    f"rgb_b={tmp_path / 'rgb2'}", "--weights", "1,1",
+                                    "--out", str(tmp_path / "f")])
+    assert res.exit_code == 0, res.output
+
+
+def test_predictions_csv_quotes_ids_with_commas_and_quotes(tmp_path):
+    odd = {f'x,y "{k}"': v for k, v in RGB.items()}
+    write_scores(tmp_path / "rgb", "rgb", odd)
+    write_scores(tmp_path / "flow", "flow", {f'x,y "{k}"': v for k, v in FLOW.items()})
+    res = CliRunner().invoke(main, ["fuse", "--scores", str(tmp_path / "rgb"), "--scores",
+                                    str(tmp_path / "flow"), "--out", str(tmp_path / "f")])
+    assert res.exit_code == 0, res.output
+    with open(tmp_path / "f" / "predictions.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["video_id", "label", "fused", "rgb", "flow"]
+    assert sorted(r[0] for r in rows[1:]) == sorted(odd) and all(len(r) == 5 for r in rows)

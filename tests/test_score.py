@@ -450,3 +450,31 @@ def test_a_damaged_video_is_a_recorded_failure(rgb_setup, tmp_path):
     (failure,) = json.loads((tmp_path / "s" / "scores-0-of-1.failures.json").read_text())
     assert failure["video_id"] == "vid_b" and f"{shard}: video 'vid_b' is damaged" in failure["reason"]
     assert list(read_scores(tmp_path / "s")[0]) == ["vid_a", "vid_c"]
+
+
+def test_labels_follow_the_checkpoints_class_names(rgb_setup, tmp_path, monkeypatch):
+    """The model's output i is the class it was trained on as i: data whose list orders the
+    classes otherwise (or holds a subset) is scored with its labels mapped by name, and a
+    class the model never saw is refused. A rerun from another folder, naming the same
+    checkpoint by another relative path, is the same run."""
+    model, cfg = rgb_setup["model"], rgb_setup["cfg"]
+    trained_on = ["d", "c", "b", "a"]                  # the data's CLASSES, reversed
+    (tmp_path / "ckpt").mkdir()
+    ckpt = save_checkpoint(tmp_path / "ckpt" / "rgb.pt", model, cfg, classes=trained_on)
+    out = tmp_path / "s"
+    res = run_cli(["score", str(ckpt), "--frames", str(rgb_setup["frames"]), "--out", str(out),
+                   "--num-snippets", "2", "--crops", "1", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    _, attrs, root = read_scores(out)
+    assert list(root["classes"]) == trained_on
+    by_name = {v: trained_on.index(CLASSES[VIDEOS[v][1]]) for v in VIDEOS}
+    assert {v: a["label"] for v, a in attrs.items()} == by_name        # a -> 3, c -> 1, d -> 0
+    monkeypatch.chdir(tmp_path / "ckpt")
+    res = run_cli(["score", "rgb.pt", "--frames", str(rgb_setup["frames"]), "--out", str(out),
+                   "--num-snippets", "2", "--crops", "1", "--no-progress"])
+    assert res.exit_code == 0 and '"status": "complete"' in res.output, res.output
+    other = save_checkpoint(tmp_path / "other.pt", model, cfg, classes=["a", "b", "x", "y"])
+    res = run_cli(["score", str(other), "--frames", str(rgb_setup["frames"]), "--out",
+                   str(tmp_path / "refused"), "--num-snippets", "2", "--crops", "1"])
+    assert res.exit_code == 1 and "do not include 'c'" in res.output
+    assert not (tmp_path / "refused").exists()

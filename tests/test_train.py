@@ -66,6 +66,7 @@ def test_overfits_real_clips_and_writes_the_run_folder(real_clips, tmp_path, cli
     model, mcfg, tcfg = load_checkpoint(run / "checkpoint.pt")
     assert (mcfg.num_classes, mcfg.modality, mcfg.num_segments) == (len(items), "rgb", 3)
     assert tcfg["epochs"] == 60 and tcfg["batch_size"] == len(items) and not model.training
+    assert tcfg["classes"] == [it.class_name for it in items]   # scoring maps labels by them
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["final"]["top1"] == 1.0 and summary["train_videos"] == len(items)
 

@@ -24,7 +24,7 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used as asked (the message names the file and why)."""
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
@@ -62,10 +62,10 @@ def read_checkpoint(path, map_location="cpu", keys: Sequence[str] = MODEL_KEYS) 
             zipped = fh.read(4) == b"PK\x03\x04"
         if zipped:
             raise CheckpointError(f"{path}: damaged or truncated checkpoint ({size:,} bytes; "
-                                  f"torch: {_first_line(exc)}); use another copy or train "
+                                  f"torch: {first_line(exc)}); use another copy or train "
                                   "again") from None
         raise CheckpointError(f"{path}: not a tsn-pipeline checkpoint ({size:,} bytes that "
-                              f"torch cannot load: {_first_line(exc)})") from None
+                              f"torch cannot load: {first_line(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = (f"format {ckpt['format']!r}" if isinstance(ckpt, dict) and "format" in ckpt
                  else _found(ckpt))
@@ -86,7 +86,7 @@ def model_config(ckpt: Dict[str, Any], path):
         return ModelConfig.from_dict(json.loads(ckpt["model_config"]))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: unusable model settings in the checkpoint "
-                              f"({_first_line(exc)})") from None
+                              f"({first_line(exc)})") from None
 
 
 def load_checkpoint_weights(model, ckpt: Dict[str, Any], path) -> None:
@@ -97,7 +97,7 @@ def load_checkpoint_weights(model, ckpt: Dict[str, Any], path) -> None:
         load_weights(model, ckpt["model"], name=str(path))
     except (ValueError, RuntimeError, TypeError, KeyError) as exc:
         raise CheckpointError(f"{path}: the stored weights do not fit the stored model "
-                              f"settings ({_first_line(exc)})") from None
+                              f"settings ({first_line(exc)})") from None
 
 
 def check_classes(path, num_classes: int, class_lists: Sequence[Optional[Sequence[str]]],
@@ -118,3 +118,33 @@ def check_classes(path, num_classes: int, class_lists: Sequence[Optional[Sequenc
         raise CheckpointError(f"{path} was trained for {num_classes} classes, but {where} has "
                               f"{len(longest)} classes ({', '.join(longest[:3])}, ...); use "
                               "the checkpoint of this dataset")
+
+
+def labels_by_name(tasks, classes: Sequence[str], path) -> list:
+    """``tasks`` (``batch.Task``) with their labels in the order of the checkpoint's
+    ``classes``, found by each video's class name.
+
+    The data's label ``i`` need not be the model's output ``i``: another list may order the
+    classes differently, or hold a subset of them. A video whose class name is known gets the
+    index of that name among ``classes``; a name the checkpoint was not trained on is an error
+    naming it; a video without a class name keeps its label (then only ``check_classes``
+    can check it).
+    """
+    from dataclasses import replace
+
+    index = {str(c): i for i, c in enumerate(classes)}
+    out, unknown = [], {}
+    for task in tasks:
+        name = str(task.meta.get("class_name", "") or "")
+        if not name:
+            out.append(task)
+        elif name in index:
+            out.append(replace(task, label=index[name]))
+        else:
+            unknown.setdefault(name, task.video_id)
+    if unknown:
+        shown = ", ".join(f"{n!r} (e.g. {v!r})" for n, v in sorted(unknown.items())[:3])
+        raise CheckpointError(f"{path} was trained on the classes {list(classes)[:8]}"
+                              f"{' ...' if len(classes) > 8 else ''}, which do not include "
+                              f"{shown}; use the checkpoint of this dataset")
+    return out

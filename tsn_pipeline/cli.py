@@ -74,7 +74,14 @@ def _check_keys(path: str, command: str, section: str, table: dict) -> None:
     ``[train.<modality>]`` tables hold train options for one modality."""
     from tsn_pipeline.commands.train import MODALITIES
 
-    names = sorted(p.name for p in main.get_command(None, command).params)
+    params = main.get_command(None, command).params
+    names = sorted(p.name for p in params)
+    # an option's own name works too ([decode] out = ... for --out, stored as out_dir)
+    aliases = {o.lstrip("-").replace("-", "_"): p.name for p in params
+               for o in getattr(p, "opts", []) if o.startswith("--")}
+    for key in [k for k, v in table.items()
+                if k not in names and aliases.get(k) in names and not isinstance(v, dict)]:
+        table[aliases[key]] = table.pop(key)
     for key, value in table.items():
         if isinstance(value, dict) and section == "train" and key in MODALITIES:
             _check_keys(path, command, f"train.{key}", value)

@@ -38,6 +38,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
+from .checkpoint import first_line
 from .modalities import get as get_modality
 from .model import ARCHS, ModelConfig, build_backbone, build_model, check_keys, load_weights
 
@@ -126,7 +127,7 @@ def read_source(path) -> Dict[str, Any]:
         raise
     except Exception as exc:    # pickled objects other than tensors and plain containers
         raise ConvertError(
-            f"{path}: cannot be read as weights only ({str(exc).splitlines()[0]}); if you trust "
+            f"{path}: cannot be read as weights only ({first_line(exc)}); if you trust "
             "the file, keep only its weights first: torch.save(torch.load(path, "
             "weights_only=False)['state_dict'], 'weights.pth')") from exc
     if not isinstance(obj, dict):

@@ -125,7 +125,7 @@ def run_features(checkpoint, sources, out_dir, cfg: FeaturesConfig, shard_index:
                        scale_size=cfg.scale_size)
     config = dict(cfg.to_dict(), modality=mcfg.modality, input_size=mcfg.input_size, **origin)
     root_extra = {"modality": mcfg.modality,
-                  "checkpoint": str(checkpoint) if checkpoint is not None else "null",
+                  "checkpoint": origin.get("checkpoint", "null"),
                   "feature_dim": int(model.base.num_features),
                   "model_config": json.dumps(mcfg.to_dict(), sort_keys=True),
                   "classes": json.dumps(class_names(mcfg, train_cfg, shards))}

@@ -324,11 +324,14 @@ def write_predictions(path: Path, tables: Mapping[str, VideoScores], result: Fus
         row = {v: i for i, v in enumerate(t.ids)}
         preds[m] = metrics.predictions(t.scores[[row[v] for v in result.ids]])
     fused_pred = metrics.predictions(result.fused)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(",".join(["video_id", "label", "fused"] + list(tables)) + "\n")
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")     # quotes ids holding commas or quotes
+        w.writerow(["video_id", "label", "fused"] + list(tables))
         for i, vid in enumerate(result.ids):
-            fh.write(",".join([vid, str(int(result.labels[i])), str(int(fused_pred[i]))]
-                              + [str(int(preds[m][i])) for m in preds]) + "\n")
+            w.writerow([vid, int(result.labels[i]), int(fused_pred[i])]
+                       + [int(preds[m][i]) for m in preds])
 
 
 def write_confusion_csv(path: Path, cm, class_names: Sequence[str]) -> None:

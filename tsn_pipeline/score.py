@@ -36,7 +36,7 @@ import numpy as np
 from . import batch, store
 from .fuse import VideoScores
 from .snippets import (AMPS, CROP_CHOICES, SnippetPlan, as_names, class_names,
-                       crops_for_checkpoint, file_sha256, num_items, run_snippet_stage)
+                       crops_for_checkpoint, load_model, num_items, run_snippet_stage)
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +78,14 @@ def scores_record(video_id: str, crop_scores: np.ndarray, *, label: int, modalit
 
 
 def load_video_scores(paths, modality: Optional[str] = None,
-                      crop_agg: Optional[str] = None) -> VideoScores:
+                      crop_agg: Optional[str] = None, warn_missing: bool = True) -> VideoScores:
     """Read score shards (files or folders) into per-video, snippet-averaged scores.
 
     ``modality`` names the set (default: the files' ``modality`` attribute). ``crop_agg``
     re-aggregates the stored per-crop scores (files written with ``--save-crops``); by
     default the stored ``scores`` (aggregated when scored) are used.
     """
-    shards = store.open_shards(paths, kind=KIND)
+    shards = store.open_shards(paths, kind=KIND, warn_missing=warn_missing)
     if not len(shards):
         raise store.StoreError(f"{shards.paths}: the score files hold no videos")
     mods = {str(r.get("modality")) for r in shards.root.values()}
@@ -173,21 +173,27 @@ def run_score(checkpoint, sources, out_dir, cfg: ScoreConfig, shard_index: int =
               progress: bool = True) -> batch.Summary:
     """Score shard ``shard_index`` of ``num_shards``: see the module docstring."""
     from . import data
-    from .checkpoint import check_classes
+    from .checkpoint import check_classes, labels_by_name
     from .devices import resolve_device
-    from .model import load_checkpoint
 
     dev = resolve_device(device)
-    model, mcfg, train_cfg = load_checkpoint(str(checkpoint), map_location="cpu")
+    model, mcfg, train_cfg, origin = load_model(checkpoint)
     model.to(dev).eval()
     cfg = replace(cfg, crops=crops_for_checkpoint(cfg.crops, train_cfg))
     shards = data.shard_set(sources, mcfg.modality)
+    trained_on = as_names(train_cfg.get("classes"))
 
-    def check_tasks(tasks):
+    def prepare_tasks(tasks):
+        """Labels in the model's class order (by name, when the checkpoint knows its classes);
+        no label the model cannot predict."""
+        if trained_on:
+            tasks = labels_by_name(tasks, trained_on, checkpoint)
         check_classes(checkpoint, mcfg.num_classes,
-                      [as_names(r.get("classes")) for r in shards.root.values()],
+                      [] if trained_on else [as_names(r.get("classes"))
+                                             for r in shards.root.values()],
                       {t.video_id: t.label for t in tasks},
                       f"the input shards in {os.path.dirname(str(shards.paths[0])) or '.'}")
+        return tasks
 
     def make_record(task, idx, out):
         return scores_record(
@@ -198,16 +204,15 @@ def run_score(checkpoint, sources, out_dir, cfg: ScoreConfig, shard_index: int =
 
     plan = SnippetPlan(mcfg.modality, mcfg.snippet_length, num_snippets=cfg.num_snippets,
                        input_size=mcfg.input_size, crops=cfg.crops, scale_size=cfg.scale_size)
-    config = dict(cfg.to_dict(), modality=mcfg.modality, checkpoint=str(checkpoint),
-                  checkpoint_sha256=file_sha256(checkpoint), input_size=mcfg.input_size)
-    root_extra = {"modality": mcfg.modality, "checkpoint": str(checkpoint),
+    config = dict(cfg.to_dict(), modality=mcfg.modality, input_size=mcfg.input_size, **origin)
+    root_extra = {"modality": mcfg.modality, "checkpoint": origin["checkpoint"],
                   "model_config": json.dumps(mcfg.to_dict(), sort_keys=True),
                   "train_config": json.dumps(train_cfg, sort_keys=True, default=str),
                   "classes": json.dumps(class_names(mcfg, train_cfg, shards))}
     return run_snippet_stage(
         kind=KIND, model=model, mcfg=mcfg, forward="forward_snippets", plan=plan,
         sources=sources, shards=shards, out_dir=out_dir, config=config, root_extra=root_extra,
-        make_record=make_record, check_tasks=check_tasks, shard_index=shard_index,
+        make_record=make_record, prepare_tasks=prepare_tasks, shard_index=shard_index,
         num_shards=num_shards, split=split, video_list=video_list, batch_size=batch_size,
         device=dev, workers=workers, amp=cfg.amp, overwrite=overwrite,
         retry_failed=retry_failed, progress=progress)
@@ -217,5 +222,5 @@ def shard_accuracy(path, topk: Sequence[int] = (1, 5)) -> Dict[str, Any]:
     """Video-level metrics of one score file (snippet-averaged scores, labelled videos)."""
     from . import metrics
 
-    vs = load_video_scores([path])
+    vs = load_video_scores([path], warn_missing=False)
     return metrics.evaluate(vs.scores, vs.labels, topk)

@@ -15,6 +15,7 @@ TSN input takes: ``num_snippets`` evenly spaced ones (TSN's test sampling) or on
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -322,7 +323,7 @@ def load_model(checkpoint=None, model_config=None):
         raise ValueError("give a checkpoint or a model config (--arch/--pretrained), not both")
     if checkpoint is not None:
         model, mcfg, train_cfg = load_checkpoint(str(checkpoint), map_location="cpu")
-        return model, mcfg, train_cfg, {"checkpoint": str(checkpoint),
+        return model, mcfg, train_cfg, {"checkpoint": os.path.realpath(checkpoint),
                                         "checkpoint_sha256": file_sha256(checkpoint)}
     if not model_config.pretrained:
         raise ValueError("without a checkpoint, give --pretrained (a torchvision-format state "
@@ -330,7 +331,7 @@ def load_model(checkpoint=None, model_config=None):
     model = build_model(model_config)
     load_weights(model, model_config.pretrained)
     model.eval()
-    return model, model_config, {}, {"pretrained": str(model_config.pretrained),
+    return model, model_config, {}, {"pretrained": os.path.realpath(model_config.pretrained),
                                      "pretrained_sha256": file_sha256(model_config.pretrained),
                                      "arch": model_config.arch}
 
@@ -342,19 +343,20 @@ def run_snippet_stage(*, kind: str, model, mcfg, forward: str, plan: SnippetPlan
                       video_list=None, batch_size: int = 250, device="cpu", workers: int = 1,
                       amp: str = "none", overwrite: bool = False, retry_failed: bool = False,
                       progress: bool = True,
-                      check_tasks: Optional[Callable[[List[batch.Task]], None]] = None
-                      ) -> batch.Summary:
+                      prepare_tasks: Optional[Callable[[List[batch.Task]], List[batch.Task]]]
+                      = None) -> batch.Summary:
     """Output shard ``shard_index`` of ``num_shards`` of a snippet stage (`tsn score`,
     `tsn features`): ``model.<forward>`` over the snippets of the videos of that shard.
 
     ``shards`` is the input shard set of ``mcfg.modality`` (from ``sources``);
     ``make_record(task, indices (S, L), outputs (crops, S, D))`` turns one video's outputs
-    into its stored record; ``check_tasks(tasks)`` may refuse the planned videos before any
-    work. A video that cannot be read or forwarded is a recorded failure of the shard.
+    into its stored record; ``prepare_tasks(tasks) -> tasks`` may relabel or refuse the
+    planned videos before any work. A video that cannot be read or forwarded is a recorded
+    failure of the shard.
     """
     tasks, failures = plan_tasks(shards, shard_index, num_shards, split, video_list)
-    if check_tasks is not None:
-        check_tasks(tasks)
+    if prepare_tasks is not None:
+        tasks = prepare_tasks(tasks)
 
     def batch_process(todo: List[batch.Task]):
         for task, idx, out in iter_video_outputs(model, forward,

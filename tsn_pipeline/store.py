@@ -620,14 +620,16 @@ class ShardSet:
         return self._group(video_id)[name][index]
 
 
-def open_shards(paths, kind: Optional[str] = None) -> ShardSet:
+def open_shards(paths, kind: Optional[str] = None, warn_missing: bool = True) -> ShardSet:
     """Index the shards at ``paths`` (files or folders). See ``ShardSet``.
 
     Reading only some of the ``n`` shards of a set is allowed (a file given on purpose, an
-    array job still running) but logged as a warning naming the missing ones.
+    array job still running) but logged as a warning naming the missing ones. Stages that
+    open one shard of a set on purpose (a flow worker reading its frame shard, a score
+    shard's own accuracy) pass ``warn_missing=False``.
     """
     shards = ShardSet(paths, kind)
-    missing = shards.missing_shards()
+    missing = shards.missing_shards() if warn_missing else []
     if missing:
         given = [str(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
         files = any(Path(p).is_file() for p in given)

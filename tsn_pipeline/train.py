@@ -70,6 +70,7 @@ class TrainConfig:
     split: Optional[str] = "train"
     val_split: Optional[str] = None
     num_classes: Optional[int] = None
+    classes: Optional[Tuple[str, ...]] = None   # label i's name (from the list or shards)
     epochs: Optional[int] = None
     iterations: Optional[int] = None
     batch_size: int = 32
@@ -136,8 +137,9 @@ class TrainConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
-        if d["lr_steps"] is not None:
-            d["lr_steps"] = list(d["lr_steps"])
+        for k in ("lr_steps", "classes"):
+            if d[k] is not None:
+                d[k] = list(d[k])
         return d
 
 
@@ -224,18 +226,18 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def num_classes_of(sources, modality: str, video_list, samples) -> int:
-    """From the list's classes, else the shards' ``classes`` root attr, else max label + 1."""
+def class_names_of(sources, modality: str, video_list) -> Optional[Tuple[str, ...]]:
+    """The class names label ``i`` stands for: the list's, else the shards' ``classes`` root
+    attribute, else None (labels without names)."""
     from . import data
 
     if video_list is not None and video_list.classes:
-        return len(video_list.classes)
-    s = data.shard_set(sources, modality)
-    for attrs in s.root.values():
+        return tuple(video_list.classes)
+    for attrs in data.shard_set(sources, modality).root.values():
         classes = attrs.get("classes")
         if isinstance(classes, list) and classes:
-            return len(classes)
-    return max(smp.label for smp in samples) + 1
+            return tuple(str(c) for c in classes)
+    return None
 
 
 def build_datasets(cfg: TrainConfig):
@@ -266,13 +268,17 @@ def build_datasets(cfg: TrainConfig):
         if not val:
             raise TrainError(f"--val-split {val_split!r}: no videos of that split in the "
                              f"{'list ' + cfg.list_file if cfg.list_file else 'shards'}")
-    num_classes = cfg.num_classes or num_classes_of(sources, cfg.modality, video_list, train + val)
+    classes = class_names_of(sources, cfg.modality, video_list)
+    num_classes = cfg.num_classes or (len(classes) if classes else
+                                      max(smp.label for smp in train + val) + 1)
     try:
         data.check_labels(train + val, num_classes)
         data.check_modality(sources, cfg.modality, train + val)
     except data.DataError as exc:
         raise TrainError(str(exc)) from exc
-    return sources, train, val, num_classes
+    if classes and len(classes) != num_classes:
+        classes = None                  # --num-classes overrides: the names no longer fit
+    return sources, train, val, num_classes, classes
 
 
 def _split_of(sources, modality, video_id, video_list) -> str:
@@ -545,9 +551,8 @@ def _train(cfg: TrainConfig, model_kwargs, out: Path, d: Dist, ckpt_path: Path, 
                              read_checkpoint)
     from .model import ModelConfig, build_model, load_weights
 
-    sources, train_s, val_s, num_classes = build_datasets(cfg)
-    if cfg.num_classes is None:
-        cfg = replace(cfg, num_classes=num_classes)
+    sources, train_s, val_s, num_classes, classes = build_datasets(cfg)
+    cfg = replace(cfg, num_classes=num_classes, classes=classes)
     mcfg = ModelConfig(modality=cfg.modality, num_classes=cfg.num_classes, **model_kwargs)
 
     model = build_model(mcfg)

@@ -222,9 +222,14 @@ def path_in_list(video_path, list_path) -> str:
     folder (``from_csv`` reads it so), never to the current folder of whoever runs a stage.
     ``video_path`` itself may be relative to the current folder or absolute. Example: from
     the repository root, ``out/demo/data/videos/a.avi`` in ``out/demo/lists/split1.csv`` is
-    stored as ``../data/videos/a.avi``.
+    stored as ``../data/videos/a.avi``. Folders are compared where they really are (links
+    resolved), because the system resolves ``<list folder>/..`` through a linked list folder
+    to the link's target, not to the folder that holds the link; the video's own file name is
+    kept.
     """
-    return os.path.relpath(os.path.abspath(video_path), os.path.abspath(Path(list_path).parent))
+    video = os.path.abspath(video_path)
+    real_video = os.path.join(os.path.realpath(os.path.dirname(video)), os.path.basename(video))
+    return os.path.relpath(real_video, os.path.realpath(Path(list_path).parent))
 
 
 def write_video_list_csv(items: Iterable[VideoItem], path) -> None:

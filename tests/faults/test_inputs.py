@@ -274,7 +274,11 @@ def test_unknown_config_keys_are_errors_naming_key_and_section(tmp_path, cli_run
         assert result.exit_code == 2, result.output
         assert message in result.output
         assert not (tmp_path / "out").exists()
-    for name in ("ucf101", "hmdb51", "demo", "template"):     # the shipped settings load
+    cfg.write_text(f"[decode]\nout = '{tmp_path / 'by-option-name'}'\nsize = '32x24'\n")
+    result = cli_runner("--config", cfg, "decode", tmp_path / "v", "--no-progress")
+    assert result.exit_code == 0, result.output     # an option's own name (--out) works too
+    assert (tmp_path / "by-option-name" / "frames-0-of-1.h5").is_file()
+    for name in ("ucf101", "hmdb51", "demo", "demo-tiny", "template"):   # shipped settings load
         result = cli_runner("--config", REPO / "pipelines" / f"{name}.toml", "decode", "--help")
         assert result.exit_code == 0, result.output
 

@@ -45,7 +45,10 @@ def convert(source, out, num_segments, modality, new_length, num_classes, input_
     opts = Options(num_segments=num_segments, modality=modality, new_length=new_length,
                    num_classes=num_classes, input_size=input_size)
     try:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         summary = convert_file(source, Path(out), opts)
-    except (ConvertError, ValueError, OSError) as exc:
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or out}: {exc.strerror or exc}") from exc
+    except (ConvertError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(summary, sort_keys=True))

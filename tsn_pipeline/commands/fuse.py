@@ -55,15 +55,22 @@ def _load(scores, crop_agg):
     from ..score import KIND, load_video_scores
     from ..store import open_shards
 
+    from ..modalities import NAMES
+
     groups: Dict[str, List[str]] = {}
     for name, path in scores:
+        shards = open_shards([path], kind=KIND, warn_missing=False)
+        mods = sorted({str(r.get("modality")) for r in shards.root.values()})
         if name is None:
-            shards = open_shards([path], kind=KIND)
-            mods = sorted({str(r.get("modality")) for r in shards.root.values()})
             if len(mods) != 1 or mods[0] in ("None", ""):
                 raise click.BadParameter(f"{path}: holds modalities {mods}; name the set "
                                          "(NAME=PATH)", param_hint="--scores")
             name = mods[0]
+        elif name in NAMES and mods != [name]:
+            # a modality's name picks TSN's weight for it: never for another modality's scores
+            raise click.BadParameter(f"{name}={path}: those files hold {', '.join(mods)} "
+                                     f"scores, not {name}; name them {mods[0]}=... (or a name "
+                                     "of your own with --weights)", param_hint="--scores")
         groups.setdefault(name, []).append(path)
     return {name: load_video_scores(paths, modality=name, crop_agg=crop_agg)
             for name, paths in groups.items()}

@@ -7,6 +7,7 @@ override them for one modality (options given on the command line always win).
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -24,6 +25,12 @@ def _parse_steps(ctx, param, value):
         raise click.BadParameter(f"{value!r} is not a comma-separated list of integers "
                                  "(e.g. 1500 or 20,40)") from None
     return steps
+
+
+def _real(path):
+    """Input paths as their real location: a run resumed from another folder (or through a
+    link) names the same data the same way, and different data differently."""
+    return os.path.realpath(path) if path else path
 
 
 def _modality_overrides(ctx, modality: str, params: dict) -> dict:
@@ -132,8 +139,9 @@ def train(ctx, **params):
     p = params
     try:
         cfg = TrainConfig(
-            modality=p["modality"], frames=p["frames_dir"], flow=p["flow_dir"],
-            list_file=p["list_file"], split=p["split"] or None, val_split=p["val_split"] or None,
+            modality=p["modality"], frames=_real(p["frames_dir"]), flow=_real(p["flow_dir"]),
+            list_file=_real(p["list_file"]), split=p["split"] or None,
+            val_split=p["val_split"] or None,
             num_classes=p["num_classes"], epochs=p["epochs"], iterations=p["iterations"],
             batch_size=p["batch_size"], lr=p["lr"], lr_steps=p["lr_steps"],
             lr_gamma=p["lr_gamma"], momentum=p["momentum"], weight_decay=p["weight_decay"],

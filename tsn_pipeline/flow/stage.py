@@ -92,7 +92,7 @@ def _frame_shards(path: str) -> store.ShardSet:
     """One index per frame shard per process (workers reuse it across videos)."""
     s = _SHARDS.get(path)
     if s is None:
-        s = _SHARDS[path] = store.open_shards(path, kind="frames")
+        s = _SHARDS[path] = store.open_shards(path, kind="frames", warn_missing=False)
     return s
 
 
