@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import numpy as np
 
 from . import batch, store
+from .data import num_items
 
 AMPS = ("none", "bf16")
 CROP_CHOICES = (1, 3, 5, 10)
@@ -88,20 +89,6 @@ class SnippetPlan:
 
         return eval_transform(self.modality, self.input_size, CROP_NAMES[self.crops],
                               self.scale_size)
-
-
-def num_items(sources, video_id: str, modality: str) -> int:
-    """Frames (rgb, rgbdiff) or flow fields (flow, warped) of a video.
-
-    The shard index gives ``num_flows`` for flow shards; the attribute is read directly as
-    well so that flow shards indexed by an older reader (``num_frames`` first) still work.
-    """
-    from . import data
-
-    n = data.num_items(sources, video_id, modality)
-    if data.needs(modality) == "flow":
-        n = int(data.shard_set(sources, modality)[video_id].attrs.get("num_flows", n))
-    return n
 
 
 SNIPPETS_PER_ITEM = 64   # snippets of one video read and cropped at once (bounds memory)
