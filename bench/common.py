@@ -43,3 +43,19 @@ def write_result(name: str, result: dict) -> Path:
     payload = {"benchmark": name, "machine": machine_info(), **result}
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def repeated_clips(videos: Path, repeat: int, folder: Path) -> list:
+    """Links ``<stem>_r<k><suffix>`` in ``folder`` to every clip in ``videos``, ``repeat``
+    times (more videos without more disk); exits naming ``videos`` when it has no clip."""
+    import sys
+
+    clips = sorted(p for p in Path(videos).iterdir()
+                   if p.is_file() and p.suffix in (".avi", ".mp4", ".mkv"))
+    if not clips:
+        sys.exit(f"no clips in {videos}")
+    folder.mkdir(parents=True)
+    for r in range(repeat):
+        for c in clips:
+            (folder / f"{c.stem}_r{r}{c.suffix}").symlink_to(c.resolve())
+    return clips

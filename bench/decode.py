@@ -27,7 +27,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import write_result  # noqa: E402
+from bench.common import repeated_clips, write_result  # noqa: E402
 
 
 def ffmpeg_jpeg_folder(exe, src: Path, dst: Path, size, qv: int) -> int:
@@ -68,16 +68,10 @@ def main():
     from tsn_pipeline.videoio import ffmpeg_exe, read_video
 
     exe = ffmpeg_exe()
-    clips = sorted(p for p in args.videos.iterdir() if p.is_file() and p.suffix in (".avi", ".mp4", ".mkv"))
-    if not clips:
-        sys.exit(f"no clips in {args.videos}")
     work = Path(tempfile.mkdtemp(prefix="tsn-bench-decode-"))
     try:
         src = work / "videos"
-        src.mkdir()
-        for r in range(args.repeat):
-            for c in clips:
-                (src / f"{c.stem}_r{r}{c.suffix}").symlink_to(c.resolve())
+        clips = repeated_clips(args.videos, args.repeat, src)
         videos = sorted(src.iterdir())
 
         def tsn_decode(out, *extra):

@@ -33,7 +33,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import write_result  # noqa: E402
+from bench.common import repeated_clips, write_result  # noqa: E402
 
 
 def drop_from_page_cache(paths) -> None:
@@ -109,16 +109,10 @@ def main():
 
     from tsn_pipeline import store
 
-    clips = sorted(p for p in args.videos.iterdir() if p.is_file() and p.suffix in (".avi", ".mp4", ".mkv"))
-    if not clips:
-        sys.exit(f"no clips in {args.videos}")
     work = Path(tempfile.mkdtemp(prefix="tsn-bench-read-"))
     try:
         src = work / "videos"
-        src.mkdir()
-        for r in range(args.repeat):
-            for c in clips:
-                (src / f"{c.stem}_r{r}{c.suffix}").symlink_to(c.resolve())
+        clips = repeated_clips(args.videos, args.repeat, src)
         tsn("decode", src, "--out", work / "frames", "--size", args.size, "--workers", "2",
             "--no-progress")
         tsn("export-rawframes", "--frames", work / "frames", "--out", work / "folder",

@@ -117,3 +117,16 @@ def small_fs():
     for where in mounts:
         subprocess.run(["umount", str(where)], check=False)
         shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models and kernels run fastest on one torch thread, above all on a busy 2-core
+    machine; the thread count is restored afterwards. Modules use it with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -24,12 +24,7 @@ from tsn_pipeline import batch, store, transforms
 from tsn_pipeline.model import load_checkpoint, load_weights, build_model, ModelConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(*args):

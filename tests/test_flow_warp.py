@@ -12,14 +12,7 @@ from tsn_pipeline.flow.warp import WarpParams, estimate_homography, warp_back
 H, W = 96, 128
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _gray(rgb):

@@ -8,13 +8,7 @@ from tsn_pipeline.model import (ARCHS, ModelConfig, build_model, cross_modality_
                                 load_checkpoint, load_weights)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(modality="rgb", **kw):
