@@ -29,7 +29,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -542,13 +542,9 @@ def _run_locked(cfg: TrainConfig, model_kwargs, out: Path, d: Dist, ckpt_path: P
 
 def _train(cfg: TrainConfig, model_kwargs, out: Path, d: Dist, ckpt_path: Path, resume: bool,
            progress) -> Dict[str, Any]:
+    """Data, model, optimiser, the restored state of a resumed run, then the epoch loop."""
     import torch
-    from torch.utils.data import DataLoader, DistributedSampler
 
-    from . import data
-    from .batch import config_diff
-    from .checkpoint import (MODEL_KEYS, RESUME_KEYS, load_checkpoint_weights,
-                             read_checkpoint)
     from .model import ModelConfig, build_model, load_weights
 
     sources, train_s, val_s, num_classes, classes = build_datasets(cfg)
@@ -565,6 +561,51 @@ def _train(cfg: TrainConfig, model_kwargs, out: Path, d: Dist, ckpt_path: Path, 
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(d.device)
 
+    loaders = _build_loaders(cfg, mcfg, sources, train_s, val_s, d)
+    steps_per_epoch = len(loaders.train)
+    stop = total_steps(cfg, steps_per_epoch)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=milestones(cfg, steps_per_epoch), gamma=cfg.lr_gamma)
+    state = _RunState()
+    if resume:
+        state = _restore(ckpt_path, cfg, mcfg, model, optimizer, scheduler, out, d)
+    if d.main:
+        (out / CONFIG_JSON).write_text(json.dumps(
+            {"train": cfg.to_dict(), "model": mcfg.to_dict(), "world_size": d.world},
+            indent=1, sort_keys=True) + "\n")
+    state = _loop(cfg, mcfg, model, optimizer, scheduler, loaders, state, stop,
+                  math.ceil(stop / steps_per_epoch), [s.video_id for s in train_s], out,
+                  ckpt_path, d, progress)
+    return {"out": str(out), "epochs": len(state.history), "steps": state.step,
+            "final": state.history[-1] if state.history else {},
+            "best_val_top1": state.best, "world_size": d.world,
+            "num_classes": cfg.num_classes, "train_videos": len(train_s),
+            "val_videos": len(val_s)}
+
+
+@dataclass
+class _Loaders:
+    train_set: Any          # data.TSNDataset (set_epoch per epoch)
+    sampler: Any            # data.EpochSampler over a DistributedSampler
+    train: Any              # DataLoader
+    val: Any = None         # DataLoader or None
+
+
+@dataclass
+class _RunState:
+    start_epoch: int = 0
+    step: int = 0
+    best: Optional[float] = None
+    history: List[Dict[str, Any]] = field(default_factory=list)
+
+
+def _build_loaders(cfg: TrainConfig, mcfg, sources, train_s, val_s, d: Dist) -> _Loaders:
+    """Training and validation DataLoaders of this process's share of the global batch."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from . import data
+
     per_proc = cfg.batch_size // d.world
     train_ds = data.TSNDataset(sources, train_s, cfg.modality, mcfg.num_segments, mcfg.new_length,
                                "train", mcfg.input_size, mcfg.mean, mcfg.std, seed=cfg.seed,
@@ -576,74 +617,82 @@ def _train(cfg: TrainConfig, model_kwargs, out: Path, d: Dist, ckpt_path: Path, 
                      persistent_workers=cfg.workers > 0)
     if cfg.workers > 0:
         loader_kw["prefetch_factor"] = 4
-    train_loader = DataLoader(train_ds, batch_size=per_proc, sampler=sampler, drop_last=False,
-                              **loader_kw)
-    val_loader = None
+    loaders = _Loaders(train_ds, sampler, DataLoader(train_ds, batch_size=per_proc,
+                                                     sampler=sampler, drop_last=False,
+                                                     **loader_kw))
     if val_s:
         val_ds = data.TSNDataset(sources, val_s, cfg.modality, mcfg.num_segments, mcfg.new_length,
                                  "val", mcfg.input_size, mcfg.mean, mcfg.std, seed=cfg.seed)
-        val_loader = DataLoader(val_ds, batch_size=per_proc,
-                                sampler=_StridedSampler(len(val_ds), d.rank, d.world), **loader_kw)
+        loaders.val = DataLoader(val_ds, batch_size=per_proc,
+                                 sampler=_StridedSampler(len(val_ds), d.rank, d.world),
+                                 **loader_kw)
+    return loaders
 
-    steps_per_epoch = len(train_loader)
-    stop = total_steps(cfg, steps_per_epoch)
-    num_epochs = math.ceil(stop / steps_per_epoch)
-    optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=milestones(cfg, steps_per_epoch), gamma=cfg.lr_gamma)
 
-    start_epoch, step, best, history = 0, 0, None, []
-    if resume:
-        ckpt = read_checkpoint(ckpt_path, "cpu", MODEL_KEYS + RESUME_KEYS)
-        _resume_check(json.loads(ckpt["train_config"]), cfg, ckpt_path)
-        diff = config_diff(json.loads(ckpt["model_config"]), mcfg.to_dict())
-        if diff:
-            raise TrainError(f"{ckpt_path} was trained with another model ({'; '.join(diff[:6])}"
-                             "); resume with the same options, or train into a new --out")
-        load_checkpoint_weights(model, ckpt, ckpt_path)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
-        best = None if ckpt["best"] < 0 else float(ckpt["best"])
-        history = json.loads(ckpt["history"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if d.main:
-            _write_history(history, out)
-            log.info("resumed %s at epoch %d, step %d", ckpt_path, start_epoch, step)
+def _restore(ckpt_path: Path, cfg: TrainConfig, mcfg, model, optimizer, scheduler, out: Path,
+             d: Dist) -> _RunState:
+    """Weights, optimiser, schedule, history and RNG of the run at ``ckpt_path`` (refused
+    when it was trained with other settings)."""
+    import torch
+
+    from .batch import config_diff
+    from .checkpoint import MODEL_KEYS, RESUME_KEYS, load_checkpoint_weights, read_checkpoint
+
+    ckpt = read_checkpoint(ckpt_path, "cpu", MODEL_KEYS + RESUME_KEYS)
+    _resume_check(json.loads(ckpt["train_config"]), cfg, ckpt_path)
+    diff = config_diff(json.loads(ckpt["model_config"]), mcfg.to_dict())
+    if diff:
+        raise TrainError(f"{ckpt_path} was trained with another model ({'; '.join(diff[:6])}"
+                         "); resume with the same options, or train into a new --out")
+    load_checkpoint_weights(model, ckpt, ckpt_path)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    state = _RunState(int(ckpt["epoch"]), int(ckpt["step"]),
+                      None if ckpt["best"] < 0 else float(ckpt["best"]),
+                      json.loads(ckpt["history"]))
     if d.main:
-        (out / CONFIG_JSON).write_text(json.dumps(
-            {"train": cfg.to_dict(), "model": mcfg.to_dict(), "world_size": d.world},
-            indent=1, sort_keys=True) + "\n")
+        _write_history(state.history, out)
+        log.info("resumed %s at epoch %d, step %d", ckpt_path, state.start_epoch, state.step)
+    return state
+
+
+def _loop(cfg: TrainConfig, mcfg, model, optimizer, scheduler, loaders: _Loaders,
+          state: _RunState, stop: int, num_epochs: int, video_ids: List[str], out: Path,
+          ckpt_path: Path, d: Dist, progress) -> _RunState:
+    """Epochs from ``state`` until ``stop`` steps: train, validate, checkpoint (atomically,
+    every epoch), metrics and plot. Returns the final state."""
+    import torch
 
     net = model
     if d.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-    video_ids = [s.video_id for s in train_s]
+    step, best, history = state.step, state.best, state.history
     last_plot = time.monotonic()
-    for epoch in range(start_epoch, num_epochs):
+    for epoch in range(state.start_epoch, num_epochs):
         if step >= stop:
             break
         torch.manual_seed(_epoch_seed(cfg.seed, epoch, d.rank))
-        sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
+        loaders.sampler.set_epoch(epoch)
+        loaders.train_set.set_epoch(epoch)
         lr = current_lr(optimizer)
-        metrics, step = train_one_epoch(net, train_loader, optimizer, scheduler, cfg, d, epoch,
+        metrics, step = train_one_epoch(net, loaders.train, optimizer, scheduler, cfg, d, epoch,
                                         step, stop, video_ids)
         row = {"epoch": epoch + 1, "step": step, "lr": lr, **metrics}
-        if val_loader is not None and ((epoch + 1) % cfg.val_every == 0 or step >= stop):
-            row.update(evaluate(model, val_loader, d, cfg.amp))
+        if loaders.val is not None and ((epoch + 1) % cfg.val_every == 0 or step >= stop):
+            row.update(evaluate(model, loaders.val, d, cfg.amp))
         history.append(row)
         improved = "val_top1" in row and (best is None or row["val_top1"] > best)
         if improved:
             best = row["val_top1"]
         if d.main:
-            state = checkpoint_state(model, mcfg, cfg, optimizer, scheduler, epoch + 1, step,
+            saved = checkpoint_state(model, mcfg, cfg, optimizer, scheduler, epoch + 1, step,
                                      best, history)
-            atomic_torch_save(state, ckpt_path)
+            atomic_torch_save(saved, ckpt_path)
             if improved:
-                atomic_torch_save(state, out / BEST)
+                atomic_torch_save(saved, out / BEST)
             _write_history(history, out)
             last_epoch = epoch + 1 == num_epochs or step >= stop
             if last_epoch or time.monotonic() - last_plot > PLOT_EVERY_S:
@@ -655,10 +704,7 @@ def _train(cfg: TrainConfig, model_kwargs, out: Path, d: Dist, ckpt_path: Path, 
         import torch.distributed as dist
 
         dist.barrier()
-    return {"out": str(out), "epochs": len(history), "steps": step,
-            "final": history[-1] if history else {}, "best_val_top1": best,
-            "world_size": d.world, "num_classes": cfg.num_classes,
-            "train_videos": len(train_s), "val_videos": len(val_s)}
+    return _RunState(state.start_epoch, step, best, history)
 
 
 def current_lr(optimizer) -> float:
