@@ -114,18 +114,30 @@ def test_bad_checkpoints_are_one_line_errors(run, tmp_path, cli_runner, kind):
 
 
 def test_checkpoints_of_other_classes_or_models_are_refused(run, tmp_path, cli_runner):
-    ckpt = run / "run" / "checkpoint.pt"
+    ckpt = run / "run" / "checkpoint.pt"        # trained on classes a, b (it records them)
     _one_line_error(cli_runner("score", ckpt, "--frames", run / "frames3", "--out",
                                tmp_path / "scores", "--no-progress"),
-                    f"{ckpt} was trained for 2 classes, but the input shards in "
-                    f"{run / 'frames3'} has labels outside 0..1: 'c0' (label 2)")
-    lst = tmp_path / "ab.csv"                  # only videos of labels 0 and 1: the shards'
-    lst.write_text("video_id,path,label\na0,a0.avi,0\nb0,b0.avi,1\n")   # class list decides
-    _one_line_error(cli_runner("score", ckpt, "--frames", run / "frames3", "--list", lst,
-                               "--out", tmp_path / "scores", "--no-progress"),
-                    f"{ckpt} was trained for 2 classes, but the input shards in "
-                    f"{run / 'frames3'} has 3 classes (a, b, c, ...)")
+                    f"{ckpt} was trained on the classes ['a', 'b'], which do not include 'c' "
+                    "(e.g. 'c0')")
     assert not (tmp_path / "scores").exists() or not list((tmp_path / "scores").glob("*.h5"))
+    # videos of the classes it knows are scored, their labels in the model's class order
+    lst = tmp_path / "ab.csv"
+    lst.write_text("video_id,path,label,class_name\na0,a0.avi,0,a\nb0,b0.avi,1,b\n")
+    res = cli_runner("score", ckpt, "--frames", run / "frames3", "--list", lst, "--out",
+                     tmp_path / "scores", "--no-progress")
+    assert res.exit_code == 0, res.output
+    # a checkpoint without class names (as written before they were recorded): the count
+    # of the shards' class list decides
+    import torch
+
+    old = torch.load(ckpt, weights_only=True)
+    cfg = json.loads(old["train_config"])
+    old["train_config"] = json.dumps(dict(cfg, classes=None))
+    torch.save(old, tmp_path / "unnamed.pt")
+    _one_line_error(cli_runner("score", tmp_path / "unnamed.pt", "--frames", run / "frames3",
+                               "--list", lst, "--out", tmp_path / "scores2", "--no-progress"),
+                    f"{tmp_path / 'unnamed.pt'} was trained for 2 classes, but the input shards "
+                    f"in {run / 'frames3'} has 3 classes (a, b, c, ...)")
     resumed = tmp_path / "run"
     shutil.copytree(run / "run", resumed)
     before = (resumed / "checkpoint.pt").read_bytes()
