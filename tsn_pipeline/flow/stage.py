@@ -99,6 +99,17 @@ def _frame_shards(path: str) -> store.ShardSet:
 _POOL = []
 
 
+def close_caches() -> None:
+    """Close this process's open frame shards and thread pool: ``run_flow`` calls it when a
+    shard is done, so nothing stays open between shards (a worker process's caches live as
+    long as the worker, which ends with its shard's run)."""
+    for shards in _SHARDS.values():
+        shards.close()
+    _SHARDS.clear()
+    while _POOL:
+        _POOL.pop().shutdown()
+
+
 def _map(fn, items, threaded: bool):
     """``map`` in this thread, or on a shared thread pool (OpenCV's codecs release the GIL,
     so JPEG work overlaps; used by the torch backend, whose main process feeds the device)."""
@@ -327,21 +338,24 @@ def run_flow(frames: store.ShardSet, out_dir, cfg: FlowConfig, shard_index: int 
                                            "batch_size": batch_size, "workers": workers})}
     if "classes" in root:
         extra["classes"] = store._attr_value(list(root["classes"]))
-    tasks = plan_flow(frames, shard_index, num_shards)
-    common = dict(kind="flow", out_dir=out_dir, shard_index=shard_index, num_shards=num_shards,
-                  config=cfg.to_dict(), tasks=tasks, overwrite=overwrite,
-                  retry_failed=retry_failed, progress=progress, root_extra=extra)
-    if cfg.backend == "torch" and str(device).startswith("cuda"):
-        return batch.run_batched_stage(batch_process=functools.partial(
-            batch_videos, cfg=cfg, device=device, compile=compile, batch_size=batch_size),
-            **common)
-    process = functools.partial(process_video, cfg=cfg, compile=compile, batch_size=batch_size)
-    if cfg.backend != "torch":
-        return batch.run_stage(process=process, workers=workers, **common)
-    import torch
+    try:
+        tasks = plan_flow(frames, shard_index, num_shards)
+        common = dict(kind="flow", out_dir=out_dir, shard_index=shard_index, num_shards=num_shards,
+                      config=cfg.to_dict(), tasks=tasks, overwrite=overwrite,
+                      retry_failed=retry_failed, progress=progress, root_extra=extra)
+        if cfg.backend == "torch" and str(device).startswith("cuda"):
+            return batch.run_batched_stage(batch_process=functools.partial(
+                batch_videos, cfg=cfg, device=device, compile=compile, batch_size=batch_size),
+                **common)
+        process = functools.partial(process_video, cfg=cfg, compile=compile, batch_size=batch_size)
+        if cfg.backend != "torch":
+            return batch.run_stage(process=process, workers=workers, **common)
+        import torch
 
-    threads = torch.get_num_threads()   # process_video sets one thread where it runs in this
-    try:                                # process (one worker, or one video): restore it after
-        return batch.run_stage(process=process, workers=workers, **common)
+        threads = torch.get_num_threads()   # process_video sets one thread where it runs in this
+        try:                                # process (one worker, or one video): restore it after
+            return batch.run_stage(process=process, workers=workers, **common)
+        finally:
+            torch.set_num_threads(threads)
     finally:
-        torch.set_num_threads(threads)
+        close_caches()
