@@ -96,9 +96,10 @@ ref, run, m, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 def same(x, y, where):
     ax = {k: v for k, v in x.attrs.items()}
     ay = {k: v for k, v in y.attrs.items()}
-    if where == "/":            # the config names the checkpoint by its sha256 (see above)
-        cx, cy = json.loads(ax.pop("config")), json.loads(ay.pop("config"))
-        cx.pop("checkpoint_sha256"), cy.pop("checkpoint_sha256")
+    if where == "/":            # the config names the checkpoint by its sha256 (see above),
+        cx, cy = json.loads(ax.pop("config")), json.loads(ay.pop("config"))   # and the root
+        cx.pop("checkpoint_sha256"), cy.pop("checkpoint_sha256")              # checksum
+        ax.pop("crc32"), ay.pop("crc32")                                      # covers it
         assert cx == cy, f"{where}: config {cx} != {cy}"
     assert ax.keys() == ay.keys(), f"{where}: attributes {sorted(ax)} != {sorted(ay)}"
     for k in ax:
