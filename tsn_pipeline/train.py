@@ -481,13 +481,13 @@ def _write_history(history: List[Dict[str, Any]], out: Path) -> None:
     os.replace(tmp, out / METRICS)
 
 
-def run_training(cfg: TrainConfig, model_kwargs: Dict[str, Any], out, resume: bool = False,
-                 overwrite: bool = False, progress=None) -> Dict[str, Any]:
+def run_training(cfg: TrainConfig, mcfg, out, resume: bool = False, overwrite: bool = False,
+                 progress=None) -> Dict[str, Any]:
     """Train (or resume) into run folder ``out``; returns a summary dict.
 
-    ``model_kwargs``: ``ModelConfig`` fields other than ``modality``/``num_classes`` (taken
-    from ``cfg`` and the data). ``progress(epoch_metrics)`` is called on the main rank after
-    every epoch (the command prints there).
+    ``mcfg``: the ``model.ModelConfig`` of the stream (its ``num_classes`` is replaced by the
+    training config's or the data's). ``progress(epoch_metrics)`` is called on the main rank
+    after every epoch (the command prints there).
     """
     cfg = cfg.resolve()
     out = Path(out)
@@ -499,7 +499,7 @@ def run_training(cfg: TrainConfig, model_kwargs: Dict[str, Any], out, resume: bo
         raise TrainError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
     ckpt_path = out / CHECKPOINT
     if not d.main:       # rank 0 holds the run folder's lock for all ranks
-        return _run_locked(cfg, model_kwargs, out, d, ckpt_path, resume, overwrite, progress)
+        return _run_locked(cfg, mcfg, out, d, ckpt_path, resume, overwrite, progress)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -509,12 +509,12 @@ def run_training(cfg: TrainConfig, model_kwargs: Dict[str, Any], out, resume: bo
 
     try:
         with Lock(out / LOCK, f"the training run {out}"):
-            return _run_locked(cfg, model_kwargs, out, d, ckpt_path, resume, overwrite, progress)
+            return _run_locked(cfg, mcfg, out, d, ckpt_path, resume, overwrite, progress)
     except StageError as exc:
         raise TrainError(str(exc)) from exc
 
 
-def _run_locked(cfg: TrainConfig, model_kwargs, out: Path, d: Dist, ckpt_path: Path,
+def _run_locked(cfg: TrainConfig, mcfg, out: Path, d: Dist, ckpt_path: Path,
                 resume: bool, overwrite: bool, progress) -> Dict[str, Any]:
     import torch
 
@@ -533,23 +533,26 @@ def _run_locked(cfg: TrainConfig, model_kwargs, out: Path, d: Dist, ckpt_path: P
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed, cfg.deterministic)
-        return _train(cfg, model_kwargs, out, d, ckpt_path, resume, progress)
+        return _train(cfg, mcfg, out, d, ckpt_path, resume, progress)
     finally:
         torch.use_deterministic_algorithms(previous[0])
         torch.backends.cudnn.benchmark = previous[1]
         torch.set_num_threads(previous[2])
 
 
-def _train(cfg: TrainConfig, model_kwargs, out: Path, d: Dist, ckpt_path: Path, resume: bool,
+def _train(cfg: TrainConfig, mcfg, out: Path, d: Dist, ckpt_path: Path, resume: bool,
            progress) -> Dict[str, Any]:
     """Data, model, optimiser, the restored state of a resumed run, then the epoch loop."""
     import torch
 
-    from .model import ModelConfig, build_model, load_weights
+    from .model import build_model, load_weights
 
     sources, train_s, val_s, num_classes, classes = build_datasets(cfg)
     cfg = replace(cfg, num_classes=num_classes, classes=classes)
-    mcfg = ModelConfig(modality=cfg.modality, num_classes=cfg.num_classes, **model_kwargs)
+    if mcfg.modality != cfg.modality:
+        raise TrainError(f"model modality {mcfg.modality!r} differs from the run's "
+                         f"{cfg.modality!r}")
+    mcfg = replace(mcfg, num_classes=cfg.num_classes)
 
     model = build_model(mcfg)
     # a resumed run takes every weight from its checkpoint: the ImageNet file is not re-read

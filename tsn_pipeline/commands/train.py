@@ -156,7 +156,9 @@ def train(ctx, **params):
             channels_last=p["channels_last"])
         from ..model import ModelConfig
 
-        ModelConfig(modality=p["modality"], num_classes=p["num_classes"] or 1, **model_kwargs)
+        # num_classes: the data's when not given (run_training fills it in)
+        mcfg = ModelConfig(modality=p["modality"], num_classes=p["num_classes"] or 1,
+                           **model_kwargs)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
 
@@ -169,7 +171,7 @@ def train(ctx, **params):
 
     log = logging.getLogger("tsn_pipeline.train")
     try:
-        summary = run_training(cfg, model_kwargs, p["out_dir"], resume=p["resume"],
+        summary = run_training(cfg, mcfg, p["out_dir"], resume=p["resume"],
                                overwrite=p["overwrite"], progress=progress)
     except (TrainError, DataError, StoreError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
