@@ -428,8 +428,9 @@ def run_import(items: Sequence[RawItem], classes: Sequence[str], out_dir, cfg: I
                workers: int = 1,
                overwrite: bool = False, retry_failed: bool = False,
                progress: bool = True) -> batch.Summary:
+    with_warped = isinstance(cfg, FlowImportConfig) and cfg.with_warped
     tasks, failures = plan_import(items, shard_index, num_shards, src_root,
-                                  warped_root if getattr(cfg, "with_warped", False) else None)
+                                  warped_root if with_warped else None)
     return batch.run_stage(
         kind=cfg.kind, out_dir=out_dir, shard_index=shard_index, num_shards=num_shards,
         config=cfg.stage_config(), tasks=tasks, process=functools.partial(import_video, cfg=cfg),
