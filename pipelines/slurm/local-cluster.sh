@@ -41,11 +41,12 @@ need_root() {
     [ "$(id -u)" = 0 ] || die "$1 needs root (slurmd starts jobs as their users; apt-get installs): run it with sudo"
 }
 
-pid_of() {      # the pid in DIR/run/$1.pid when that process is alive, else nothing
-    local f="$DIR/run/$1.pid" p
+pid_of() {      # the pid in DIR/run/$1.pid while that process runs $1 (a reused pid is not), else nothing
+    local f="$DIR/run/$1.pid" p comm
     [ -s "$f" ] || return 0
     p=$(cat "$f")
-    if kill -0 "$p" 2>/dev/null; then echo "$p"; fi
+    comm=$(cat "/proc/$p/comm" 2>/dev/null) || return 0
+    if [ "$comm" = "$1" ]; then echo "$p"; fi
 }
 
 log_tail() {
@@ -192,7 +193,7 @@ cmd_stop() {
     fi
     for d in slurmd slurmctld munged; do
         p=$(pid_of $d)
-        [ -n "$p" ] || continue
+        [ -n "$p" ] || { rm -f "$DIR/run/$d.pid"; continue; }
         kill -TERM "$p" 2>/dev/null || true
         waited=0
         while kill -0 "$p" 2>/dev/null && [ $waited -lt $((STOP_TIMEOUT * 5)) ]; do
