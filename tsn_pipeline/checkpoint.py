@@ -42,6 +42,24 @@ def _found(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
+def load_weights_only(path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only,
+    nothing pickled runs. Any other content or damaged bytes are one ``CheckpointError``
+    line. The reader of every downloaded or converted weights file (``--pretrained``,
+    ``tsn convert``); ``read_checkpoint`` adds what a `tsn train` checkpoint must hold."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:    # pickled objects other than tensors and plain containers
+        raise CheckpointError(
+            f"{path}: cannot be read as weights only ({first_line(exc)}); if you trust "
+            "the file, keep only its weights first: torch.save(torch.load(path, "
+            "weights_only=False)['state_dict'], 'weights.pth')") from None
+
+
 def read_checkpoint(path, map_location="cpu", keys: Sequence[str] = MODEL_KEYS) -> Dict[str, Any]:
     """The checkpoint dict at ``path`` holding ``keys``, or a ``CheckpointError``."""
     import torch

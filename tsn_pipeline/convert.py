@@ -38,7 +38,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from .checkpoint import first_line
+from .checkpoint import load_weights_only
 from .modalities import get as get_modality
 from .model import ARCHS, ModelConfig, build_backbone, build_model, check_keys, load_weights
 
@@ -121,15 +121,7 @@ def bgr_to_rgb_first_conv(weight: torch.Tensor) -> torch.Tensor:
 # -- reading -------------------------------------------------------------------------------
 def read_source(path) -> Dict[str, Any]:
     """The file as a dict; tensors and plain values only (``weights_only=True``)."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:    # pickled objects other than tensors and plain containers
-        raise ConvertError(
-            f"{path}: cannot be read as weights only ({first_line(exc)}); if you trust "
-            "the file, keep only its weights first: torch.save(torch.load(path, "
-            "weights_only=False)['state_dict'], 'weights.pth')") from exc
+    obj = load_weights_only(path)
     if not isinstance(obj, dict):
         raise ConvertError(f"{path}: holds a {type(obj).__name__}, not a state dict or checkpoint")
     return obj

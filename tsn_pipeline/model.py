@@ -380,7 +380,9 @@ def read_weights(path) -> Dict[str, torch.Tensor]:
             "save a torchvision state dict first, e.g. torch.save(torchvision.models."
             "resnet50(weights='DEFAULT').state_dict(), 'r50.pth'), or `tsn convert` "
             "downloaded tsn-pytorch / mmaction2 weights")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from .checkpoint import load_weights_only
+
+    state = load_weights_only(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
