@@ -45,6 +45,15 @@ def write_result(name: str, result: dict) -> Path:
     return path
 
 
+def report(name: str, result: dict) -> Path:
+    """``write_result`` and print each figure, then where they were written."""
+    path = write_result(name, result)
+    for k, v in result.items():
+        print(f"{k}: {v}")
+    print(f"written {path}")
+    return path
+
+
 def repeated_clips(videos: Path, repeat: int, folder: Path) -> list:
     """Links ``<stem>_r<k><suffix>`` in ``folder`` to every clip in ``videos``, ``repeat``
     times (more videos without more disk); exits naming ``videos`` when it has no clip."""

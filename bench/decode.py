@@ -27,7 +27,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import repeated_clips, write_result  # noqa: E402
+from bench.common import repeated_clips, report  # noqa: E402
 
 
 def ffmpeg_jpeg_folder(exe, src: Path, dst: Path, size, qv: int) -> int:
@@ -165,10 +165,7 @@ def main():
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    path = write_result("decode", result)
-    for k, v in result.items():
-        print(f"{k}: {v}")
-    print(f"written {path}")
+    report("decode", result)
 
 
 if __name__ == "__main__":

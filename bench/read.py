@@ -33,7 +33,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import repeated_clips, write_result  # noqa: E402
+from bench.common import repeated_clips, report  # noqa: E402
 
 
 def drop_from_page_cache(paths) -> None:
@@ -163,10 +163,7 @@ def main():
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    path = write_result("read", result)
-    for k, v in result.items():
-        print(f"{k}: {v}")
-    print(f"written {path}")
+    report("read", result)
 
 
 if __name__ == "__main__":
