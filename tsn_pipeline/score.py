@@ -95,7 +95,7 @@ def load_video_scores(paths, modality: Optional[str] = None,
     configs = {json.dumps(r.get("config"), sort_keys=True): p for p, r in shards.root.items()}
     if len(configs) > 1:
         (a, pa), (b, pb) = list(configs.items())[:2]
-        diff = batch.config_diff(json.loads(a) or {}, json.loads(b) or {})
+        diff = store.config_diff(json.loads(a) or {}, json.loads(b) or {})
         raise store.StoreError(f"{pa} and {pb} were scored with different settings "
                                f"({'; '.join(diff[:4])}); give each run as its own --scores")
     classes = {as_names(r.get("classes")) for r in shards.root.values()}

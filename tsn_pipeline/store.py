@@ -686,14 +686,8 @@ def decode_images(payloads: Sequence[bytes], color: bool = True) -> np.ndarray:
 
 
 def decode_image(payload: bytes, color: bool = True) -> np.ndarray:
-    """JPEG/PNG bytes -> uint8 RGB (H, W, 3) or gray (H, W)."""
-    import cv2
-
-    flag, convert = _imread_mode(color)
-    img = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), flag)
-    if img is None:
-        raise StoreError(f"undecodable image payload ({len(payload)} bytes)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if convert else img
+    """JPEG/PNG bytes -> uint8 RGB (H, W, 3) or gray (H, W) (``decode_images`` of one)."""
+    return decode_images([payload], color)[0]
 
 
 def encode_image(img: np.ndarray, fmt: str = "jpeg", quality: int = 95) -> bytes:

@@ -638,7 +638,7 @@ def _restore(ckpt_path: Path, cfg: TrainConfig, mcfg, model, optimizer, schedule
     when it was trained with other settings)."""
     import torch
 
-    from .batch import config_diff
+    from .store import config_diff
     from .checkpoint import MODEL_KEYS, RESUME_KEYS, load_checkpoint_weights, read_checkpoint
 
     ckpt = read_checkpoint(ckpt_path, "cpu", MODEL_KEYS + RESUME_KEYS)
