@@ -31,7 +31,7 @@ for m in "${MODELS[@]}"; do FUSE+=(--scores "$m=$OUT/split$SPLIT/scores-$m"); do
 # a CPU node of 2 cores: one core per task, no GPU; logs next to the outputs
 SB=(-c 1 --mem=2G --gres=none --time=00:15:00 -o "$OUT/logs/%x-%A_%a.out")
 SB_TRAIN=(-c 1 --mem=3G --gres=none --time=00:15:00 -o "$OUT/logs/%x-%j.out")
-export GPUS=1               # train.sh: one torchrun process (device = "cpu" in the TOML)
+unset GPUS                  # train.sh finds no GPU here: one torchrun process (device "cpu", TOML)
 
 say() { echo "== test-slurm: $*"; }
 fail() { echo "test-slurm: FAILED: $*" >&2; exit 1; }

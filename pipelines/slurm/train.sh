@@ -20,7 +20,14 @@ DATASET=${DATASET:-ucf101}
 SPLIT=${SPLIT:-1}
 OUT=${OUT:-out/$DATASET}
 MODALITY=${MODALITY:-rgb}
-GPUS=${GPUS:-$(nvidia-smi -L | wc -l)}
+# GPUs: $GPUS, else what SLURM allocated on this node, else what nvidia-smi lists, else 1
+# (one process; the TOML's device decides where it runs)
+if [ -z "${GPUS:-}" ]; then
+    if [ -n "${SLURM_GPUS_ON_NODE:-}" ]; then GPUS=$SLURM_GPUS_ON_NODE
+    elif command -v nvidia-smi > /dev/null; then GPUS=$(nvidia-smi -L 2> /dev/null | wc -l || true)
+    else GPUS=1; fi
+fi
+[ "$GPUS" -ge 1 ] 2> /dev/null || GPUS=1
 RUN="$OUT/split$SPLIT/train-$MODALITY"
 case "$MODALITY" in rgb|rgbdiff) INPUT=(--frames "$OUT/frames") ;; *) INPUT=(--flow "$OUT/flow") ;; esac
 RESUME=()
