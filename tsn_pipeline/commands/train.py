@@ -146,7 +146,8 @@ def train(ctx, **params):
             batch_size=p["batch_size"], lr=p["lr"], lr_steps=p["lr_steps"],
             lr_gamma=p["lr_gamma"], momentum=p["momentum"], weight_decay=p["weight_decay"],
             clip_grad=p["clip_grad"], amp=p["amp"], sync_bn=p["sync_bn"], workers=p["workers"],
-            threads=p["threads"], device=p["device"], seed=p["seed"], deterministic=p["deterministic"], val_every=p["val_every"], flip=p["flip"])
+            threads=p["threads"], device=p["device"], seed=p["seed"],
+            deterministic=p["deterministic"], val_every=p["val_every"], flip=p["flip"])
         model_kwargs = dict(
             arch=p["arch"], num_segments=p["num_segments"], new_length=p["new_length"],
             consensus=p["consensus"], dropout=p["dropout"], partial_bn=p["partial_bn"],
