@@ -42,16 +42,10 @@ class Sources:
                    open_shards(flow, "flow") if flow else None)
 
 
-def needs(modality: str) -> str:
-    """Which shard set a modality reads: ``"frames"`` or ``"flow"``."""
-    return modalities.get(modality).shard_kind
-
-
 def shard_set(sources, modality: str) -> ShardSet:
     """The shard set of ``modality`` in ``sources``; a clear error when it was not given."""
-    src = sources
-    which = needs(modality)
-    s = getattr(src, which)
+    which = modalities.get(modality).shard_kind
+    s = getattr(sources, which)
     if s is None:
         opt = "--flow" if which == "flow" else "--frames"
         raise DataError(f"modality {modality!r} reads {which} shards; give them with {opt}")
@@ -62,7 +56,7 @@ def num_items(sources, video_id: str, modality: str) -> int:
     """Frames (rgb, rgbdiff) or flow fields (flow, warped) the video has."""
     s = shard_set(sources, modality)
     if video_id not in s:
-        what = "flow" if needs(modality) == "flow" else "frames"
+        what = modalities.get(modality).shard_kind
         raise DataError(f"video {video_id!r} has no {what} in {s.paths}; compute them "
                         f"(`tsn {'flow' if what == 'flow' else 'decode'}`) or drop it from the list")
     return int(s[video_id].length)
@@ -85,7 +79,7 @@ def load_clip(sources, video_id: str, modality: str, indices) -> np.ndarray:
         raise IndexError(f"video {video_id!r}: indices {idx.min()}..{idx.max()} outside 0..{n - 1}")
     uniq, inverse = np.unique(idx.ravel(), return_inverse=True)
     try:
-        if needs(modality) == "frames":
+        if modalities.get(modality).shard_kind == "frames":
             data = s.read_frames(video_id, uniq.tolist(), stream="rgb")    # (U, H, W, 3)
         else:
             from .flow.reader import read_flow
@@ -137,7 +131,7 @@ def select_videos(sources, modality: str, split: Optional[str] = None,
         items = [it for it in items if it[2] == split]
     missing = sorted(v for v, _, _ in items if v not in s)
     if missing:
-        what = "flow" if needs(modality) == "flow" else "frames"
+        what = modalities.get(modality).shard_kind
         raise DataError(f"{len(missing)} videos of the list have no {what} in {s.paths}: "
                         f"{missing[:5]}{'...' if len(missing) > 5 else ''}; compute them or "
                         "drop them from the list")
@@ -189,7 +183,7 @@ class TSNDataset:
         self.modality = modality
         self.num_segments = int(num_segments)
         self.new_length = int(new_length)
-        self.length = sampling.snippet_length(modality, new_length)
+        self.length = modalities.get(modality).snippet_length(new_length)
         self.mode = mode
         self.mean, self.std = tuple(mean), tuple(std)
         self.seed = int(seed)

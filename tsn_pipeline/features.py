@@ -27,49 +27,36 @@ For flow, field ``t`` is the motion from frame ``t`` to ``t + 1``: a 5-field sni
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
 from . import batch, store
-from .snippets import (AMPS, CROP_CHOICES, SnippetPlan, class_names, crops_for_checkpoint,
-                       load_model, num_items, run_snippet_stage)
+from .snippets import SnippetSettings, num_items, run_snippet_stage
 
 KIND = "features"
 DTYPES = ("float32", "float16")
 
 
 @dataclass(frozen=True)
-class FeaturesConfig:
+class FeaturesConfig(SnippetSettings):
     """Which snippets, which crops, which dtype. Exactly one of ``stride``/``num_snippets``."""
 
     stride: Optional[int] = 16
-    num_snippets: Optional[int] = None
     crops: int = 1
-    scale_size: Optional[int] = None
     dtype: str = "float32"
-    amp: str = "none"
 
     def __post_init__(self):
-        if self.amp not in AMPS:
-            raise ValueError(f"amp={self.amp!r} is not one of {AMPS}")
+        super().__post_init__()
         if (self.stride is None) == (self.num_snippets is None):
             raise ValueError("give exactly one of stride (e.g. 16) and num_snippets (e.g. 100)")
         if self.stride is not None and int(self.stride) < 1:
             raise ValueError(f"stride={self.stride} must be >= 1")
-        if self.num_snippets is not None and int(self.num_snippets) < 1:
-            raise ValueError(f"num_snippets={self.num_snippets} must be >= 1")
-        if self.crops not in CROP_CHOICES:
-            raise ValueError(f"crops={self.crops} is not one of {CROP_CHOICES}")
+        if self.crops is None:
+            raise ValueError("crops must be given (1, 3, 5 or 10)")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r} is not one of {DTYPES}")
-        if self.scale_size is not None and int(self.scale_size) < 1:
-            raise ValueError(f"scale_size={self.scale_size} must be >= 1")
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
 
 
 def features_record(video_id: str, crop_features: np.ndarray, snippet_indices: np.ndarray, *,
@@ -103,35 +90,18 @@ def run_features(checkpoint, sources, out_dir, cfg: FeaturesConfig, shard_index:
     The model is the ``checkpoint``'s, or (``checkpoint=None``) the ImageNet-initialised
     backbone described by ``model_config`` (``ModelConfig`` with ``pretrained``).
     """
-    from . import data
-    from .devices import resolve_device
-
-    dev = resolve_device(device)
-    model, mcfg, train_cfg, origin = load_model(checkpoint, model_config)
-    model.to(dev).eval()
-    crops_for_checkpoint(cfg.crops, train_cfg or {})   # no mirrored crops for a --no-flip model
-    shards = data.shard_set(sources, mcfg.modality)
-
-    def make_record(task, idx, out):
-        fps = shards[task.video_id].attrs.get("fps")
+    def make_record(m, task, idx, out):
+        fps = m.shards[task.video_id].attrs.get("fps")
         return features_record(task.video_id, out, idx, label=task.label,
-                               modality=mcfg.modality, dtype=cfg.dtype,
+                               modality=m.mcfg.modality, dtype=cfg.dtype,
                                class_name=task.meta.get("class_name", ""),
-                               source_length=num_items(sources, task.video_id, mcfg.modality),
+                               source_length=num_items(sources, task.video_id, m.mcfg.modality),
                                fps=float(fps) if fps is not None else None)
 
-    plan = SnippetPlan(mcfg.modality, mcfg.snippet_length, num_snippets=cfg.num_snippets,
-                       stride=cfg.stride, input_size=mcfg.input_size, crops=cfg.crops,
-                       scale_size=cfg.scale_size)
-    config = dict(cfg.to_dict(), modality=mcfg.modality, input_size=mcfg.input_size, **origin)
-    root_extra = {"modality": mcfg.modality,
-                  "checkpoint": origin.get("checkpoint", "null"),
-                  "feature_dim": int(model.base.num_features),
-                  "model_config": json.dumps(mcfg.to_dict(), sort_keys=True),
-                  "classes": json.dumps(class_names(mcfg, train_cfg, shards))}
     return run_snippet_stage(
-        kind=KIND, model=model, mcfg=mcfg, forward="forward_features", plan=plan,
-        sources=sources, shards=shards, out_dir=out_dir, config=config, root_extra=root_extra,
-        make_record=make_record, shard_index=shard_index, num_shards=num_shards, split=split,
-        video_list=video_list, batch_size=batch_size, device=dev, workers=workers,
-        amp=cfg.amp, overwrite=overwrite, retry_failed=retry_failed, progress=progress)
+        kind=KIND, forward="forward_features", checkpoint=checkpoint, cfg=cfg, sources=sources,
+        out_dir=out_dir, make_record=make_record, model_config=model_config,
+        root_extra=lambda m: {"feature_dim": int(m.model.base.num_features)},
+        shard_index=shard_index, num_shards=num_shards, split=split, video_list=video_list,
+        batch_size=batch_size, device=device, workers=workers, overwrite=overwrite,
+        retry_failed=retry_failed, progress=progress)

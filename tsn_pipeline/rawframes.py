@@ -341,8 +341,7 @@ def find_video_dirs(root, prefixes: Sequence[str]) -> List[RawItem]:
     return [RawItem(d.name, str(d)) for d in flat]
 
 
-_LIST_LINE = re.compile(r"(.+?)\s+(-?\d+)\s+(-?\d+)")
-_LIST_LINE_NO_LABEL = re.compile(r"(.+?)\s+(-?\d+)")
+_LIST_LINE = re.compile(r"(.+?)\s+(-?\d+)(?:\s+(-?\d+))?")     # dir, count[, label]
 
 
 def items_from_list(root, list_file) -> Tuple[List[RawItem], List[str]]:
@@ -369,7 +368,7 @@ def items_from_list(root, list_file) -> Tuple[List[RawItem], List[str]]:
         if not line.strip():
             continue
         # the folder is everything before the numbers: ids may hold spaces ("my clip 3 10 2")
-        match = _LIST_LINE.fullmatch(line.strip()) or _LIST_LINE_NO_LABEL.fullmatch(line.strip())
+        match = _LIST_LINE.fullmatch(line.strip())
         if match is None:
             raise RawframesError(f"{list_file}:{n}: expected '<video dir> <num frames> <label>', "
                                  f"got {line!r}")
@@ -381,7 +380,7 @@ def items_from_list(root, list_file) -> Tuple[List[RawItem], List[str]]:
             raise RawframesError(f"{list_file}:{n}: {exc}") from exc
         parent = os.path.basename(os.path.dirname(rel))
         items.append(RawItem(vid, str(folder), "", -1, parent))
-        labels.append((n, match.group(3) if match.lastindex == 3 else ""))
+        labels.append((n, match.group(3) or ""))
     from .videolist import VideoListError, parse_labels
 
     try:        # integers within -1..MAX_CLASSES - 1 (the regex admits only integers)

@@ -50,11 +50,18 @@ def _check(num_frames: int, num_segments: int, new_length: int, mode: str) -> No
         raise ValueError(f"mode {mode!r} is not one of {MODES}")
 
 
-def segment_starts(num_frames: int, num_segments: int, new_length: int, mode: str,
-                   rng: Optional[np.random.Generator] = None) -> np.ndarray:
-    """First item (0-based) of each of the ``num_segments`` snippets, int64 ``(K,)``.
+def segment_indices(num_frames: int, num_segments: int, new_length: int, mode: str,
+                    rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """0-based item indices ``(num_segments, new_length)`` of one clip (see module docstring).
 
-    ``rng`` is required for ``mode="train"`` and ignored otherwise.
+    ``rng`` draws the random offsets of ``mode="train"`` (required there, ignored otherwise).
+
+    >>> segment_indices(10, 3, 1, "val", None).ravel().tolist()
+    [1, 5, 8]
+    >>> segment_indices(7, 2, 5, "val", None).tolist()   # avail 3, tick 1.5: starts 0, 2
+    [[0, 1, 2, 3, 4], [2, 3, 4, 5, 6]]
+    >>> segment_indices(3, 1, 5, "test", None).tolist()  # clamped at the last field
+    [[0, 1, 2, 2, 2]]
     """
     _check(num_frames, num_segments, new_length, mode)
     n, k, length = int(num_frames), int(num_segments), int(new_length)
@@ -72,23 +79,8 @@ def segment_starts(num_frames: int, num_segments: int, new_length: int, mode: st
     else:   # val: K segment centres; test: K evenly spaced snippets (same formula)
         tick = avail / float(k)
         starts = np.array([int(tick / 2.0 + tick * i) for i in range(k)], dtype=np.int64)
-    return starts
-
-
-def segment_indices(num_frames: int, num_segments: int, new_length: int, mode: str,
-                    rng: Optional[np.random.Generator] = None) -> np.ndarray:
-    """0-based item indices ``(num_segments, new_length)`` of one clip (see module docstring).
-
-    >>> segment_indices(10, 3, 1, "val", None).ravel().tolist()
-    [1, 5, 8]
-    >>> segment_indices(7, 2, 5, "val", None).tolist()   # avail 3, tick 1.5: starts 0, 2
-    [[0, 1, 2, 3, 4], [2, 3, 4, 5, 6]]
-    >>> segment_indices(3, 1, 5, "test", None).tolist()  # clamped at the last field
-    [[0, 1, 2, 2, 2]]
-    """
-    starts = segment_starts(num_frames, num_segments, new_length, mode, rng)
-    idx = starts[:, None] + np.arange(int(new_length), dtype=np.int64)[None, :]
-    return np.minimum(idx, int(num_frames) - 1)
+    idx = starts[:, None] + np.arange(length, dtype=np.int64)[None, :]
+    return np.minimum(idx, n - 1)
 
 
 def snippet_length(modality: str, new_length: int) -> int:

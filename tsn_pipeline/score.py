@@ -28,15 +28,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
 from . import batch, store
 from .fuse import VideoScores
-from .snippets import (AMPS, CROP_CHOICES, SnippetPlan, as_names, class_names,
-                       crops_for_checkpoint, load_model, num_items, run_snippet_stage)
+from .snippets import SnippetSettings, as_names, num_items, run_snippet_stage
 
 log = logging.getLogger(__name__)
 
@@ -135,34 +134,21 @@ def load_video_scores(paths, modality: Optional[str] = None,
 
 # -- settings -----------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ScoreConfig:
+class ScoreConfig(SnippetSettings):
     """Test protocol of ``tsn score`` (defaults: TSN's 25 snippets x 10 crops, mean).
 
-    ``scale_size``: short side the frames are resized to before cropping (None: ``input_size
-    * 256 // 224``, i.e. 256 for 224 crops; frames decoded at 340x256 are then not resized).
+    ``crops=None``: 10, or 5 for a model trained with --no-flip. With the default
+    ``scale_size``, frames decoded at 340x256 are not resized before 224 crops.
     """
 
     num_snippets: int = 25
-    crops: Optional[int] = None        # None: 10, or 5 for a model trained with --no-flip
     crop_agg: str = "mean"
-    scale_size: Optional[int] = None
     save_crops: bool = False
-    amp: str = "none"
 
     def __post_init__(self):
-        if self.amp not in AMPS:
-            raise ValueError(f"amp={self.amp!r} is not one of {AMPS}")
-        if int(self.num_snippets) < 1:
-            raise ValueError(f"num_snippets={self.num_snippets} must be >= 1 (TSN: 25)")
-        if self.crops is not None and self.crops not in CROP_CHOICES:
-            raise ValueError(f"crops={self.crops} is not one of {CROP_CHOICES} (TSN: 10)")
+        super().__post_init__()
         if self.crop_agg not in CROP_AGGS:
             raise ValueError(f"crop_agg={self.crop_agg!r} is not one of {CROP_AGGS}")
-        if self.scale_size is not None and int(self.scale_size) < 1:
-            raise ValueError(f"scale_size={self.scale_size} must be >= 1")
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
 
 
 # -- the stage ------------------------------------------------------------------------------
@@ -172,49 +158,35 @@ def run_score(checkpoint, sources, out_dir, cfg: ScoreConfig, shard_index: int =
               overwrite: bool = False, retry_failed: bool = False,
               progress: bool = True) -> batch.Summary:
     """Score shard ``shard_index`` of ``num_shards``: see the module docstring."""
-    from . import data
     from .checkpoint import check_classes, labels_by_name
-    from .devices import resolve_device
 
-    dev = resolve_device(device)
-    model, mcfg, train_cfg, origin = load_model(checkpoint)
-    model.to(dev).eval()
-    cfg = replace(cfg, crops=crops_for_checkpoint(cfg.crops, train_cfg))
-    shards = data.shard_set(sources, mcfg.modality)
-    trained_on = as_names(train_cfg.get("classes"))
-
-    def prepare_tasks(tasks):
+    def prepare_tasks(m, tasks):
         """Labels in the model's class order (by name, when the checkpoint knows its classes);
         no label the model cannot predict."""
+        trained_on = as_names(m.train_cfg.get("classes"))
         if trained_on:
             tasks = labels_by_name(tasks, trained_on, checkpoint)
-        check_classes(checkpoint, mcfg.num_classes,
+        check_classes(checkpoint, m.mcfg.num_classes,
                       [] if trained_on else [as_names(r.get("classes"))
-                                             for r in shards.root.values()],
+                                             for r in m.shards.root.values()],
                       {t.video_id: t.label for t in tasks},
-                      f"the input shards in {os.path.dirname(str(shards.paths[0])) or '.'}")
+                      f"the input shards in {os.path.dirname(str(m.shards.paths[0])) or '.'}")
         return tasks
 
-    def make_record(task, idx, out):
+    def make_record(m, task, idx, out):
         return scores_record(
-            task.video_id, out.transpose(1, 0, 2), label=task.label, modality=mcfg.modality,
+            task.video_id, out.transpose(1, 0, 2), label=task.label, modality=m.mcfg.modality,
             crop_agg=cfg.crop_agg, save_crops=cfg.save_crops, snippet_indices=idx,
             class_name=task.meta.get("class_name", ""),
-            source_length=num_items(sources, task.video_id, mcfg.modality))
+            source_length=num_items(sources, task.video_id, m.mcfg.modality))
 
-    plan = SnippetPlan(mcfg.modality, mcfg.snippet_length, num_snippets=cfg.num_snippets,
-                       input_size=mcfg.input_size, crops=cfg.crops, scale_size=cfg.scale_size)
-    config = dict(cfg.to_dict(), modality=mcfg.modality, input_size=mcfg.input_size, **origin)
-    root_extra = {"modality": mcfg.modality, "checkpoint": origin["checkpoint"],
-                  "model_config": json.dumps(mcfg.to_dict(), sort_keys=True),
-                  "train_config": json.dumps(train_cfg, sort_keys=True, default=str),
-                  "classes": json.dumps(class_names(mcfg, train_cfg, shards))}
     return run_snippet_stage(
-        kind=KIND, model=model, mcfg=mcfg, forward="forward_snippets", plan=plan,
-        sources=sources, shards=shards, out_dir=out_dir, config=config, root_extra=root_extra,
-        make_record=make_record, prepare_tasks=prepare_tasks, shard_index=shard_index,
-        num_shards=num_shards, split=split, video_list=video_list, batch_size=batch_size,
-        device=dev, workers=workers, amp=cfg.amp, overwrite=overwrite,
+        kind=KIND, forward="forward_snippets", checkpoint=checkpoint, cfg=cfg, sources=sources,
+        out_dir=out_dir, make_record=make_record, prepare_tasks=prepare_tasks,
+        root_extra=lambda m: {"train_config": json.dumps(m.train_cfg, sort_keys=True,
+                                                         default=str)},
+        shard_index=shard_index, num_shards=num_shards, split=split, video_list=video_list,
+        batch_size=batch_size, device=device, workers=workers, overwrite=overwrite,
         retry_failed=retry_failed, progress=progress)
 
 

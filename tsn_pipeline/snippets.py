@@ -15,9 +15,11 @@ TSN input takes: ``num_snippets`` evenly spaced ones (TSN's test sampling) or on
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import asdict, dataclass, replace
+from typing import (Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence,
+                    Tuple)
 
 import numpy as np
 
@@ -53,6 +55,34 @@ def crops_for_checkpoint(crops: Optional[int], train_cfg: Mapping[str, Any]) -> 
                          "sensitive classes is another class; use --crops 5 (4 corners + "
                          "centre), 3 or 1")
     return crops
+
+
+@dataclass(frozen=True)
+class SnippetSettings:
+    """The settings `tsn score` and `tsn features` share (``score.ScoreConfig`` and
+    ``features.FeaturesConfig`` add their own): snippets, crops, resize, precision.
+
+    ``crops=None``: the checkpoint's default (``crops_for_checkpoint``). ``scale_size``: short
+    side the frames are resized to before cropping (None: ``input_size * 256 // 224``).
+    """
+
+    num_snippets: Optional[int] = None
+    crops: Optional[int] = None
+    scale_size: Optional[int] = None
+    amp: str = "none"
+
+    def __post_init__(self):
+        if self.amp not in AMPS:
+            raise ValueError(f"amp={self.amp!r} is not one of {AMPS}")
+        if self.num_snippets is not None and int(self.num_snippets) < 1:
+            raise ValueError(f"num_snippets={self.num_snippets} must be >= 1")
+        if self.crops is not None and self.crops not in CROP_CHOICES:
+            raise ValueError(f"crops={self.crops} is not one of {CROP_CHOICES}")
+        if self.scale_size is not None and int(self.scale_size) < 1:
+            raise ValueError(f"scale_size={self.scale_size} must be >= 1")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -181,8 +211,6 @@ def run_model(model, forward: str, items: Iterator[Tuple], cfg_mean, cfg_std, mo
 
     from .transforms import normalize
 
-    if amp not in AMPS:
-        raise ValueError(f"amp={amp!r} is not one of {AMPS}")
     dev_type = torch.device(device).type
     fn = getattr(model, forward)
     pending: List[Tuple] = []
@@ -323,36 +351,64 @@ def load_model(checkpoint=None, model_config=None):
                                      "arch": model_config.arch}
 
 
-def run_snippet_stage(*, kind: str, model, mcfg, forward: str, plan: SnippetPlan, sources, shards,
-                      out_dir, config: Mapping[str, Any], root_extra: Mapping[str, Any],
-                      make_record: Callable[[batch.Task, np.ndarray, np.ndarray], store.VideoRecord],
-                      shard_index: int = 0, num_shards: int = 1, split: Optional[str] = None,
-                      video_list=None, batch_size: int = 250, device="cpu", workers: int = 1,
-                      amp: str = "none", overwrite: bool = False, retry_failed: bool = False,
-                      progress: bool = True,
-                      prepare_tasks: Optional[Callable[[List[batch.Task]], List[batch.Task]]]
-                      = None) -> batch.Summary:
+class StageModel(NamedTuple):
+    """The model of a snippet stage and what the stage's hooks need to know about it."""
+
+    model: Any
+    mcfg: Any                      # its model.ModelConfig
+    train_cfg: Dict[str, Any]      # the training config ({} for an ImageNet backbone)
+    origin: Dict[str, str]         # the weights' file and SHA-256 (``load_model``)
+    shards: Any                    # the input shard set of its modality
+
+
+def run_snippet_stage(*, kind: str, forward: str, checkpoint, cfg: SnippetSettings, sources,
+                      out_dir, make_record: Callable[[StageModel, batch.Task, np.ndarray,
+                                                      np.ndarray], store.VideoRecord],
+                      root_extra: Callable[[StageModel], Mapping[str, Any]] = lambda m: {},
+                      prepare_tasks: Optional[Callable[[StageModel, List[batch.Task]],
+                                                       List[batch.Task]]] = None,
+                      model_config=None, shard_index: int = 0, num_shards: int = 1,
+                      split: Optional[str] = None, video_list=None, batch_size: int = 250,
+                      device: str = "auto", workers: int = 1, overwrite: bool = False,
+                      retry_failed: bool = False, progress: bool = True) -> batch.Summary:
     """Output shard ``shard_index`` of ``num_shards`` of a snippet stage (`tsn score`,
     `tsn features`): ``model.<forward>`` over the snippets of the videos of that shard.
 
-    ``shards`` is the input shard set of ``mcfg.modality`` (from ``sources``);
-    ``make_record(task, indices (S, L), outputs (crops, S, D))`` turns one video's outputs
-    into its stored record; ``prepare_tasks(tasks) -> tasks`` may relabel or refuse the
-    planned videos before any work. A video that cannot be read or forwarded is a recorded
-    failure of the shard.
+    The model is the ``checkpoint``'s, or the ImageNet backbone ``model_config``
+    (``load_model``); it reads the shards of its modality in ``sources``. ``cfg`` (a
+    ``SnippetSettings``, with ``stride`` for features) says which snippets and crops; it is
+    the shard's ``config`` with the model's modality, input size and origin.
+    ``make_record(m, task, indices (S, L), outputs (crops, S, D))`` turns one video's outputs
+    into its stored record; ``root_extra(m)`` adds root attributes; ``prepare_tasks(m, tasks)
+    -> tasks`` may relabel or refuse the planned videos before any work. A video that cannot
+    be read or forwarded is a recorded failure of the shard.
     """
-    tasks, failures = plan_tasks(shards, shard_index, num_shards, split, video_list)
+    from . import data
+    from .devices import resolve_device
+
+    dev = resolve_device(device)
+    model, mcfg, train_cfg, origin = load_model(checkpoint, model_config)
+    model.to(dev).eval()
+    cfg = replace(cfg, crops=crops_for_checkpoint(cfg.crops, train_cfg))
+    m = StageModel(model, mcfg, train_cfg, origin, data.shard_set(sources, mcfg.modality))
+    plan = SnippetPlan(mcfg.modality, mcfg.snippet_length, num_snippets=cfg.num_snippets,
+                       stride=getattr(cfg, "stride", None), input_size=mcfg.input_size,
+                       crops=cfg.crops, scale_size=cfg.scale_size)
+    tasks, failures = plan_tasks(m.shards, shard_index, num_shards, split, video_list)
     if prepare_tasks is not None:
-        tasks = prepare_tasks(tasks)
+        tasks = prepare_tasks(m, tasks)
 
     def batch_process(todo: List[batch.Task]):
         for task, idx, out in iter_video_outputs(model, forward,
                                                  SnippetDataset(sources, todo, plan), workers,
-                                                 mcfg.mean, mcfg.std, batch_size, device, amp):
-            yield task, out if isinstance(out, BaseException) else make_record(task, idx, out)
+                                                 mcfg.mean, mcfg.std, batch_size, dev, cfg.amp):
+            yield task, out if isinstance(out, BaseException) else make_record(m, task, idx, out)
 
-    return batch.run_batched_stage(kind=kind, out_dir=out_dir, shard_index=shard_index,
-                           num_shards=num_shards, config=config, tasks=tasks,
-                           batch_process=batch_process, overwrite=overwrite,
-                           retry_failed=retry_failed, progress=progress,
-                           root_extra=root_extra, initial_failures=failures)
+    root = {"modality": mcfg.modality, "checkpoint": origin.get("checkpoint", "null"),
+            "model_config": json.dumps(mcfg.to_dict(), sort_keys=True),
+            "classes": json.dumps(class_names(mcfg, train_cfg, m.shards)), **root_extra(m)}
+    return batch.run_batched_stage(
+        kind=kind, out_dir=out_dir, shard_index=shard_index, num_shards=num_shards,
+        config=dict(cfg.to_dict(), modality=mcfg.modality, input_size=mcfg.input_size, **origin),
+        tasks=tasks, batch_process=batch_process, overwrite=overwrite, retry_failed=retry_failed,
+        progress=progress, root_extra=root, initial_failures=failures)

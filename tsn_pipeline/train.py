@@ -306,10 +306,6 @@ def milestones(cfg: TrainConfig, steps_per_epoch: int) -> List[int]:
     return [int(s) * unit for s in (cfg.lr_steps or ())]
 
 
-def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    return cfg.iterations if cfg.iterations is not None else cfg.epochs * steps_per_epoch
-
-
 # -- checkpoints --------------------------------------------------------------------------
 def atomic_torch_save(obj, path: Path) -> None:
     import torch
@@ -349,13 +345,13 @@ _RESUME_FREE = {"workers", "device", "threads"}   # settings a resumed run may c
 
 
 def _resume_check(stored: Dict[str, Any], cfg: TrainConfig, path: Path) -> None:
-    now = cfg.to_dict()
+    from .store import config_diff
+
     # a setting added after the checkpoint was written had its default then; one removed
     # since (moved to the model config, e.g. channels_last) is not this config's to compare
-    known = {f.name: f.default for f in fields(TrainConfig)}
-    stored = {k: stored.get(k, default) for k, default in known.items()}
-    diff = [f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(stored) | set(now))
-            if k not in _RESUME_FREE and stored.get(k) != now.get(k)]
+    stored = {f.name: stored.get(f.name, f.default) for f in fields(TrainConfig)
+              if f.name not in _RESUME_FREE}
+    diff = config_diff(stored, {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE})
     if diff:
         raise TrainError(f"{path} was trained with other settings ({'; '.join(diff[:6])}); "
                          "resume with the same options, or train into a new --out")
@@ -474,11 +470,9 @@ def plot_metrics(history: List[Dict[str, Any]], path: Path) -> None:
 
 
 def _write_history(history: List[Dict[str, Any]], out: Path) -> None:
-    tmp = out / (METRICS + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for h in history:
-            fh.write(json.dumps(h, sort_keys=True) + "\n")
-    os.replace(tmp, out / METRICS)
+    from .batch import atomic_write_text
+
+    atomic_write_text(out / METRICS, "".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
 
 
 def run_training(cfg: TrainConfig, mcfg, out, resume: bool = False, overwrite: bool = False,
@@ -566,7 +560,7 @@ def _train(cfg: TrainConfig, mcfg, out: Path, d: Dist, ckpt_path: Path, resume: 
 
     loaders = _build_loaders(cfg, mcfg, sources, train_s, val_s, d)
     steps_per_epoch = len(loaders.train)
-    stop = total_steps(cfg, steps_per_epoch)
+    stop = cfg.iterations if cfg.iterations is not None else cfg.epochs * steps_per_epoch
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=milestones(cfg, steps_per_epoch), gamma=cfg.lr_gamma)

@@ -5,6 +5,8 @@ import json
 
 import click
 
+from .options import fails_with
+
 
 @click.command("make-list")
 @click.argument("dataset", type=click.Choice(["ucf101", "hmdb51", "generic"]))
@@ -42,12 +44,10 @@ def make_list(dataset, data, out_file, split, splits_dir, videos_dir, classes_fi
     from ..datasets import make_list as build, split_counts
     from ..videolist import VideoListError, write_video_list_csv
 
-    try:
+    with fails_with(VideoListError):
         videos = build(dataset, data, split=split, splits_dir=splits_dir, videos_dir=videos_dir,
                        classes_file=classes_file, include_unused=include_unused,
                        check_files=check_files)
-    except VideoListError as exc:
-        raise click.ClickException(str(exc)) from exc
     try:
         write_video_list_csv(videos.items, out_file)
     except OSError as exc:

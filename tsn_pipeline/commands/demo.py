@@ -5,7 +5,7 @@ import json
 
 import click
 
-from .options import cap_workers
+from .options import bad_settings, cap_workers, fails_with
 
 
 def _size(ctx, param, value):
@@ -59,15 +59,11 @@ def make_demo_data(out, num_classes, groups, clips_per_group, test_groups, frame
     """
     from ..demo import DemoConfig, make_demo_dataset
 
-    try:
+    with bad_settings():
         cfg = DemoConfig(num_classes=num_classes, groups=groups, clips_per_group=clips_per_group,
                          test_groups=test_groups, frames=frames, width=size[0], height=size[1],
                          fps=fps, object_speed=object_speed, pan_speed=pan_speed, codec=codec,
                          seed=seed)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
-    try:
+    with fails_with(FileExistsError):
         summary = make_demo_dataset(out, cfg, workers=workers, overwrite=overwrite)
-    except FileExistsError as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(summary, sort_keys=True))

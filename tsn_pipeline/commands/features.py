@@ -5,7 +5,8 @@ import click
 
 from ..modalities import NAMES as MODALITIES
 
-from .options import run_options, run_shards, select_shards, shard_options, stage_errors
+from .options import (bad_settings, fails_with, run_options, run_shards, select_shards,
+                      shard_options, stage_errors)
 from .score import input_options, open_inputs
 
 
@@ -43,7 +44,8 @@ from .score import input_options, open_inputs
 @run_options
 @stage_errors
 def features(checkpoint, out_dir, stride, num_snippets, crops, scale_size, dtype,
-             arch, pretrained, modality, new_length, input_size, frames_dir, flow_dir, split, list_file, batch_size, device, amp,
+             arch, pretrained, modality, new_length, input_size, frames_dir, flow_dir, split,
+             list_file, batch_size, device, amp,
              shard_index, num_shards, workers, overwrite, retry_failed, progress):
     """Extract snippet features (pooled backbone output, before dropout and classifier).
 
@@ -82,22 +84,16 @@ def features(checkpoint, out_dir, stride, num_snippets, crops, scale_size, dtype
                                    "--pretrained for an ImageNet-initialised backbone")
         from ..model import ModelConfig
 
-        try:
+        with bad_settings():
             model_config = ModelConfig(arch=arch, modality=modality or "rgb", num_classes=1,
                                        new_length=new_length, pretrained=pretrained,
                                        input_size=input_size or 224)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from exc
     indices, count = select_shards(shard_index, num_shards)
-    try:
+    with bad_settings():
         cfg = FeaturesConfig(stride=stride, num_snippets=num_snippets, crops=int(crops),
                              scale_size=scale_size, dtype=dtype, amp=amp)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
     sources, videos = open_inputs(frames_dir, flow_dir, list_file)
-    try:
+    with fails_with(DataError, ValueError, FileNotFoundError):
         run_shards(indices, lambda index: run_features(
             checkpoint, sources, out_dir, cfg, index, count, split, videos, batch_size, device,
             workers, overwrite, retry_failed, progress, model_config=model_config))
-    except (DataError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from exc

@@ -13,6 +13,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import click
 
+from .options import bad_settings, fails_with
+
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 
 
@@ -134,22 +136,15 @@ def fuse(scores, weights, after_softmax, intersection, crop_agg, out_dir, overwr
     if existing and not overwrite:
         raise click.ClickException(f"{out} already holds {existing}; use --overwrite or "
                                    "another --out folder")
-    try:
+    with fails_with(StoreError):
         tables = _load(scores, crop_agg)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
     modalities = list(tables)
     w = _resolve_weights(weights, modalities)
-    try:
+    with bad_settings(param_hint="--weights"):
         cfg = FuseConfig(weights=tuple(w.items()), after_softmax=after_softmax,
                          intersection=intersection)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--weights") from exc
-    try:
+    with fails_with(FuseError):
         result = fuse_report(tables, cfg)
-    except FuseError as exc:
-        raise click.ClickException(str(exc)) from exc
-
     try:
         report = write_report(out, tables, result, cfg, crop_agg)
     except OSError as exc:

@@ -6,10 +6,14 @@ from pathlib import Path
 
 import click
 
+from ..modalities import SHARD_KINDS
+
+from .options import fails_with
+
 
 @click.command("index")
 @click.argument("folder", type=click.Path(file_okay=False, exists=True))
-@click.option("--kind", type=click.Choice(["frames", "flow", "scores", "features"]), default=None,
+@click.option("--kind", type=click.Choice(SHARD_KINDS), default=None,
               help="Shard kind to index [default: the only kind in FOLDER].")
 @click.option("--num-shards", type=click.IntRange(min=1), default=None,
               help="Array size that was submitted [default: read from the shard names]. Give it "
@@ -39,14 +43,10 @@ def index(folder, kind, num_shards, video_list, out_file, strict):
         from ..datasets import read_list_ids
         from ..videolist import VideoListError
 
-        try:
+        with fails_with(VideoListError):
             expected = read_list_ids(video_list)
-        except VideoListError as exc:
-            raise click.ClickException(str(exc)) from exc
-    try:
+    with fails_with(StageIndexError):
         idx = build_index(folder, kind=kind, num_shards=num_shards, expected_ids=expected)
-    except StageIndexError as exc:
-        raise click.ClickException(str(exc)) from exc
     data = idx.to_json()
     out = Path(out_file) if out_file else Path(folder) / "index.json"
     try:

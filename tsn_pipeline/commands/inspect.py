@@ -5,14 +5,14 @@ import json
 
 import click
 
+from .options import fails_with
+
 
 def _shards(paths):
     from ..store import StoreError, expand_shard_paths
 
-    try:
+    with fails_with(StoreError):
         return expand_shard_paths(paths)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 @click.command()

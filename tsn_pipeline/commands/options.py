@@ -1,11 +1,13 @@
 """Options and helpers shared by the stage commands (one place, so every stage agrees)."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
 import sys
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import click
 
@@ -146,19 +148,35 @@ def run_shards(indices: Sequence[int], run_one: Callable[[int], Any]) -> None:
                                    f"{files or 'the JSON summary above'}")
 
 
+@contextlib.contextmanager
+def fails_with(*errors: type) -> Iterator[None]:
+    """The ``errors`` raised inside become click errors (exit 1) with their message."""
+    try:
+        yield
+    except errors as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def bad_settings(param_hint: Optional[str] = None) -> Iterator[None]:
+    """A ValueError raised inside (a settings object refusing its values) becomes a
+    BadParameter error (exit 2) with its message."""
+    try:
+        yield
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=param_hint) from exc
+
+
 def stage_errors(fn: Callable) -> Callable:
     """Turn StageError/StoreError into click errors (exit 1) with their message."""
-    import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from ..batch import StageError
         from ..store import StoreError
 
-        try:
+        with fails_with(StageError, StoreError):
             return fn(*args, **kwargs)
-        except (StageError, StoreError) as exc:
-            raise click.ClickException(str(exc)) from exc
     return wrapper
 
 

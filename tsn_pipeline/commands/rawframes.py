@@ -5,7 +5,8 @@ import click
 
 from ..modalities import FLOW_KINDS
 
-from .options import run_options, run_shards, select_shards, shard_options, stage_errors
+from .options import (bad_settings, fails_with, run_options, run_shards, select_shards,
+                      shard_options, stage_errors)
 
 
 @click.command("import-rawframes")
@@ -64,17 +65,15 @@ def import_rawframes(src, frames_out, flow_out, list_file, flow_kind, warped_src
         raise click.UsageError("give --frames-out and/or --flow-out")
     indices, count = select_shards(shard_index, num_shards)
     start = None if start_index == "auto" else int(start_index)
-    try:
+    with fails_with(RawframesError, VideoListError):
         if list_file:
             items, classes = items_from_list(src, list_file)
         else:
             prefixes = ([rgb_prefix] if frames_out else []) + ([flow_x_prefix] if flow_out else [])
             items = find_video_dirs(src, prefixes)
             classes = sorted({it.class_name for it in items if it.class_name})
-    except (RawframesError, VideoListError) as exc:
-        raise click.ClickException(str(exc)) from exc
     jobs = []
-    try:
+    with bad_settings():
         if frames_out:
             jobs.append((frames_out, FrameImportConfig(rgb_prefix=rgb_prefix, start_index=start,
                                                        fps=fps, verify=verify)))
@@ -85,8 +84,6 @@ def import_rawframes(src, frames_out, flow_out, list_file, flow_kind, warped_src
                 warped_x_prefix=warped_x_prefix or flow_x_prefix,
                 warped_y_prefix=warped_y_prefix or flow_y_prefix, start_index=start,
                 bound=bound, encoding=encoding, fps=fps, verify=verify)))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
     run_shards([(out, cfg, i) for out, cfg in jobs for i in indices],
                lambda job: run_import(items, classes, job[0], job[1], job[2], count, src_root=src,
                                       warped_root=warped_src, workers=workers,
@@ -132,14 +129,10 @@ def export_rawframes(frames_dir, flow_dir, out_dir, flow_kind, start_index, digi
     from ..rawframes import ExportConfig, RawframesError, export_shards
 
     indices, count = select_shards(shard_index, num_shards)
-    try:
+    with bad_settings():
         cfg = ExportConfig(start_index=start_index, digits=digits, rgb_prefix=rgb_prefix,
                            flow_x_prefix=flow_x_prefix, flow_y_prefix=flow_y_prefix,
                            flow_kind=flow_kind, by_class=by_class, overwrite=overwrite)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
-    try:
+    with fails_with(RawframesError):
         run_shards(indices, lambda index: export_shards(frames_dir, flow_dir, out_dir, cfg, index,
                                                         count, list_out, progress))
-    except RawframesError as exc:
-        raise click.ClickException(str(exc)) from exc

@@ -5,8 +5,8 @@ import json
 
 import click
 
-from .options import (run_options, run_shards, select_shards, shard_options, stage_errors,
-                      torch_device)
+from .options import (bad_settings, fails_with, run_options, run_shards, select_shards,
+                      shard_options, stage_errors, torch_device)
 
 
 def input_options(f):
@@ -39,15 +39,12 @@ def open_inputs(frames_dir, flow_dir, list_file):
         raise click.UsageError("give the input shards: --frames (rgb, rgbdiff) or --flow "
                                "(flow, warped)")
     sources = Sources.open(frames_dir, flow_dir)
-    videos = None
-    if list_file:
-        from ..videolist import VideoListError, load_video_list
+    if not list_file:
+        return sources, None
+    from ..videolist import VideoListError, load_video_list
 
-        try:
-            videos = load_video_list(list_file)
-        except VideoListError as exc:
-            raise click.ClickException(str(exc)) from exc
-    return sources, videos
+    with fails_with(VideoListError):
+        return sources, load_video_list(list_file)
 
 
 @click.command()
@@ -89,11 +86,9 @@ def score(checkpoint, out_dir, num_snippets, crops, crop_agg, scale_size, save_c
     from ..score import ScoreConfig, run_score, shard_accuracy
 
     indices, count = select_shards(shard_index, num_shards)
-    try:
-        cfg = ScoreConfig(num_snippets=num_snippets, crops=int(crops) if crops else None, crop_agg=crop_agg,
-                          scale_size=scale_size, save_crops=save_crops, amp=amp)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
+    with bad_settings():
+        cfg = ScoreConfig(num_snippets=num_snippets, crops=int(crops) if crops else None,
+                          crop_agg=crop_agg, scale_size=scale_size, save_crops=save_crops, amp=amp)
     sources, videos = open_inputs(frames_dir, flow_dir, list_file)
 
     def run_one(index):
@@ -107,7 +102,5 @@ def score(checkpoint, out_dir, num_snippets, crops, crop_agg, scale_size, save_c
             click.echo(json.dumps({"accuracy": acc, "shard": summary.shard}, sort_keys=True))
         return summary
 
-    try:
+    with fails_with(DataError, ValueError, FileNotFoundError):
         run_shards(indices, run_one)
-    except (DataError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from exc

@@ -11,7 +11,7 @@ import os
 
 import click
 
-from .options import cap_workers, torch_device
+from .options import bad_settings, cap_workers, torch_device
 
 from ..modalities import NAMES as MODALITIES
 
@@ -137,7 +137,7 @@ def train(ctx, **params):
     from ..train import TrainConfig, TrainError, cleanup_distributed, run_training
 
     p = params
-    try:
+    with bad_settings():
         cfg = TrainConfig(
             modality=p["modality"], frames=_real(p["frames_dir"]), flow=_real(p["flow_dir"]),
             list_file=_real(p["list_file"]), split=p["split"] or None,
@@ -145,8 +145,8 @@ def train(ctx, **params):
             num_classes=p["num_classes"], epochs=p["epochs"], iterations=p["iterations"],
             batch_size=p["batch_size"], lr=p["lr"], lr_steps=p["lr_steps"],
             lr_gamma=p["lr_gamma"], momentum=p["momentum"], weight_decay=p["weight_decay"],
-            clip_grad=p["clip_grad"], amp=p["amp"],
-            sync_bn=p["sync_bn"], workers=p["workers"], threads=p["threads"], device=p["device"], seed=p["seed"],
+            clip_grad=p["clip_grad"], amp=p["amp"], sync_bn=p["sync_bn"], workers=p["workers"],
+            threads=p["threads"], device=p["device"], seed=p["seed"],
             deterministic=p["deterministic"], val_every=p["val_every"], flip=p["flip"])
         model_kwargs = dict(
             arch=p["arch"], num_segments=p["num_segments"], new_length=p["new_length"],
@@ -159,8 +159,6 @@ def train(ctx, **params):
         # num_classes: the data's when not given (run_training fills it in)
         mcfg = ModelConfig(modality=p["modality"], num_classes=p["num_classes"] or 1,
                            **model_kwargs)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
 
     def progress(row):
         msg = (f"epoch {row['epoch']} step {row['step']}: loss {row['loss']:.4f} "
@@ -184,7 +182,5 @@ def train(ctx, **params):
         raise click.ClickException(str(exc)) from exc
     finally:
         cleanup_distributed()
-    import os
-
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(json.dumps(summary, sort_keys=True))
