@@ -103,6 +103,20 @@ def test_index_cli_writes_json_and_exit_code(tmp_path, cli_runner):
     assert result.exit_code == 1
     assert "1 listed videos in no shard" in result.output
     assert json.loads((tmp_path / "i.json").read_text())["expected_missing"] == ["v03"]
+    # the stage ran on one split of a list with two: --split checks that split only
+    split = tmp_path / "split.csv"
+    split.write_text("video_id,path,label,split\n" + "".join(
+        f"{v},{v}.avi,0,{'train' if v in ok_ids else 'test'}\n" for v in IDS)
+        + "extra,extra.avi,0,test\n")
+    assert cli_runner("index", out, "--list", split, "--split", "train", "--out",
+                      tmp_path / "i.json").exit_code == 0
+    result = cli_runner("index", out, "--list", split, "--split", "test", "--out",
+                        tmp_path / "i.json")
+    assert result.exit_code == 1 and "2 listed videos in no shard" in result.output
+    result = cli_runner("index", out, "--list", split, "--split", "val")
+    assert result.exit_code == 1 and "no video of split 'val'" in result.output
+    assert "splits in the list: test, train" in result.output
+    assert cli_runner("index", out, "--split", "train").exit_code == 2     # no --list
     # a missing shard: exit 1 with the array spec to resubmit
     (out / "frames-1-of-3.h5").unlink()
     result = cli_runner("index", out)

@@ -426,12 +426,20 @@ def split_counts(videos: VideoList) -> Dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def read_list_ids(path) -> List[str]:
-    """Video ids of a list file (our CSV, or an mmaction2/TSN list ``<dir> <n> <label>``)."""
+def read_list_ids(path, split: Optional[str] = None) -> List[str]:
+    """Video ids of a list file (our CSV, or an mmaction2/TSN list ``<dir> <n> <label>``);
+    with ``split``, only that split's (our CSV's ``split`` column)."""
     path = Path(path)
     rows = _headerless_csv(path) if path.suffix.lower() == ".csv" else None
     if path.suffix.lower() == ".csv" and rows is None:
-        return sorted(it.video_id for it in from_csv(path).items)
+        videos = from_csv(path)
+        if split is not None and not videos.select(split).items:
+            present = sorted({it.split for it in videos.items if it.split})
+            raise DatasetError(f"{path}: no video of split {split!r} (splits in the list: "
+                               f"{', '.join(present) or 'none'})")
+        return sorted(it.video_id for it in videos.select(split).items)
+    if split is not None:
+        raise DatasetError(f"{path}: this list has no split column, so --split cannot select")
     ids = []
     for n, line in _read_lines(path):
         first = line.split(",")[0] if path.suffix.lower() == ".csv" else line.split()[0]

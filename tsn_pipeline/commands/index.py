@@ -21,11 +21,14 @@ from .options import fails_with
 @click.option("--list", "video_list", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Video list CSV the stage ran on: also report ids that are in no shard and "
                    "not recorded as failed.")
+@click.option("--split", default=None,
+              help="With --list: only the list's videos of this split (the split the stage "
+                   "ran with, e.g. `tsn decode --split test`).")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
               help="Write the index JSON here [default: FOLDER/index.json].")
 @click.option("--strict/--no-strict", default=True, show_default=True,
               help="Exit 1 when a shard is missing, incomplete, unreadable or has failed videos.")
-def index(folder, kind, num_shards, video_list, out_file, strict):
+def index(folder, kind, num_shards, video_list, split, out_file, strict):
     """Index the shards of FOLDER (a decode/flow/score output folder).
 
     Reads each shard's root attributes, the failures files and the traces of unfinished runs,
@@ -39,12 +42,14 @@ def index(folder, kind, num_shards, video_list, out_file, strict):
     from ..index import StageIndexError, build_index
 
     expected = None
+    if split is not None and not video_list:
+        raise click.UsageError("--split selects videos of --list: give the list too")
     if video_list:
         from ..datasets import read_list_ids
         from ..videolist import VideoListError
 
         with fails_with(VideoListError):
-            expected = read_list_ids(video_list)
+            expected = read_list_ids(video_list, split)
     with fails_with(StageIndexError):
         idx = build_index(folder, kind=kind, num_shards=num_shards, expected_ids=expected)
     data = idx.to_json()
