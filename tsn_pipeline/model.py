@@ -450,7 +450,7 @@ def check_keys(own: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor], wha
     """
     for k in set(own) - set(state):
         if k.endswith(".num_batches_tracked"):
-            state[k] = torch.zeros_like(own[k])
+            state[k] = torch.zeros_like(own[k], device="cpu" if own[k].is_meta else None)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     bad = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
@@ -489,7 +489,8 @@ def load_weights(model: "TSN", weights, name: Optional[str] = None) -> Dict[str,
     state = read_weights(weights) if isinstance(weights, (str, os.PathLike)) else dict(weights)
     if any(k.startswith("base.") for k in state):
         check_keys(model.state_dict(), state, what, f"a {cfg.arch} {cfg.modality} TSN")
-        model.load_state_dict(state, strict=True)
+        # a model built on the meta device (no random init) takes the tensors themselves
+        model.load_state_dict(state, strict=True, assign=model.fc.weight.is_meta)
         return {"weights": what, "tensors": len(state), "cross_modality_init": False}
     backbone = model.base
     state = {k: v for k, v in state.items() if not k.startswith(backbone.classifier_prefix)}
@@ -642,8 +643,11 @@ def load_checkpoint(path, map_location="cpu") -> Tuple[TSN, ModelConfig, Dict[st
 
     ckpt = read_checkpoint(path, map_location)
     cfg = model_config(ckpt, path)
-    model = build_model(cfg)
+    with torch.device("meta"):          # no random init (seconds for a ResNet-50 on a CPU)
+        model = build_model(cfg)
     load_checkpoint_weights(model, ckpt, path)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     model.eval()
     if map_location not in (None, "cpu") and not callable(map_location):
         model.to(map_location)
