@@ -208,6 +208,12 @@ def test_load_checkpoint_roundtrip(tmp_path):
     assert cl.base.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     load_weights(cl, m.state_dict())
     torch.testing.assert_close(cl.eval()(x), m(x))
+    atomic_torch_save(checkpoint_state(cl, cl.cfg, tcfg, opt, sched, 1, 10, None, []),
+                      tmp_path / "cl.pt")
+    cl2 = load_checkpoint(tmp_path / "cl.pt")[0]      # built on the meta device, then filled
+    assert cl2.base.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not any(t.is_meta for t in cl2.state_dict().values())
+    torch.testing.assert_close(cl2(x), m(x))
     torch.save({"model": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a tsn-pipeline checkpoint"):
         load_checkpoint(tmp_path / "other.pt")

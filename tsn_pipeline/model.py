@@ -305,7 +305,7 @@ class ResNetBackbone(Backbone):
         self.num_features = cin
         nn.Linear(cin, 1000)    # torchvision's classifier draws its init here: the same stream
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d) and not m.weight.is_meta:   # see load_checkpoint
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
@@ -521,8 +521,9 @@ class TSN(nn.Module):
         self.base.set_in_channels(cfg.backbone_channels)
         self.dropout = nn.Dropout(p=cfg.dropout)
         self.fc = nn.Linear(self.base.num_features, cfg.num_classes)
-        nn.init.normal_(self.fc.weight, 0.0, 0.001)     # tsn-pytorch's new classifier init
-        nn.init.zeros_(self.fc.bias)
+        if not self.fc.weight.is_meta:                  # see load_checkpoint
+            nn.init.normal_(self.fc.weight, 0.0, 0.001)  # tsn-pytorch's new classifier init
+            nn.init.zeros_(self.fc.bias)
         if cfg.partial_bn or cfg.freeze_bn:
             for bn in self.frozen_bns():
                 for p in bn.parameters():
@@ -643,7 +644,9 @@ def load_checkpoint(path, map_location="cpu") -> Tuple[TSN, ModelConfig, Dict[st
 
     ckpt = read_checkpoint(path, map_location)
     cfg = model_config(ckpt, path)
-    with torch.device("meta"):          # no random init (seconds for a ResNet-50 on a CPU)
+    # no random init (1 s for a ResNet-50 on a busy CPU); normal_ on the meta device would
+    # import torch's compiler, so the backbones skip it there
+    with torch.device("meta"):
         model = build_model(cfg)
     load_checkpoint_weights(model, ckpt, path)
     if cfg.channels_last:
