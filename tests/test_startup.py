@@ -1,6 +1,7 @@
 """Start-up: the commands that need no compiler (train, score, features, flow --backend
-opencv) import neither torchvision nor torch's compiler (torch._dynamo / torch._inductor),
-whose imports cost seconds before the first work (bench/startup.py measures it)."""
+opencv or torch --no-compile) import neither torchvision nor torch's compiler
+(torch._dynamo / torch._inductor), whose imports cost seconds before the first work
+(bench/startup.py measures it)."""
 from __future__ import annotations
 
 import subprocess
@@ -27,6 +28,8 @@ tsn("features", out + "/run/checkpoint.pt", "--frames", frames, "--out", out + "
     "--stride", "8", "--no-progress")
 tsn("flow", frames, "--out", out + "/flow", "--backend", "opencv", "--workers", "1",
     "--no-progress")
+tsn("flow", frames, "--out", out + "/flow-eager", "--backend", "torch", "--no-compile",
+    "--workers", "1", "--no-progress")
 heavy = lambda: sorted(m for m in ("torchvision", "torch._dynamo", "torch._inductor")
                        if m in sys.modules)
 print("after the commands:", heavy())
