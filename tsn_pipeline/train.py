@@ -315,23 +315,24 @@ class SGD:
         with torch.no_grad():
             for g in self.param_groups:
                 ps = [p for p in g["params"] if p.grad is not None]
+                if not ps:
+                    continue
                 d = [p.grad for p in ps]
-                if ps and g["weight_decay"]:
+                if g["weight_decay"]:
                     d = torch._foreach_add(d, ps, alpha=g["weight_decay"])
-                if ps and g["momentum"]:
+                if g["momentum"]:
                     bufs = [self.state.setdefault(p, {}).get("momentum_buffer") for p in ps]
                     if all(b is not None for b in bufs):
                         torch._foreach_mul_(bufs, g["momentum"])
                         torch._foreach_add_(bufs, d)
-                    else:
+                    else:           # the first step: buffers start as the gradients
                         for i, p in enumerate(ps):
                             if bufs[i] is None:
                                 bufs[i] = self.state[p]["momentum_buffer"] = d[i].detach().clone()
                             else:
                                 bufs[i].mul_(g["momentum"]).add_(d[i])
                     d = bufs
-                if ps:
-                    torch._foreach_add_(ps, d, alpha=-g["lr"])
+                torch._foreach_add_(ps, d, alpha=-g["lr"])
 
     def state_dict(self) -> Dict[str, Any]:
         index = {}
