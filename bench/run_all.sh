@@ -9,6 +9,7 @@ $PY bench/read.py
 $PY bench/flow.py
 $PY bench/train.py
 $PY bench/score.py --arch resnet18
+$PY bench/startup.py
 $PY bench/rawframes.py
 $PY bench/fidelity.py
 $PY bench/demo.py

@@ -208,6 +208,12 @@ def test_load_checkpoint_roundtrip(tmp_path):
     assert cl.base.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     load_weights(cl, m.state_dict())
     torch.testing.assert_close(cl.eval()(x), m(x))
+    atomic_torch_save(checkpoint_state(cl, cl.cfg, tcfg, opt, sched, 1, 10, None, []),
+                      tmp_path / "cl.pt")
+    cl2 = load_checkpoint(tmp_path / "cl.pt")[0]      # built on the meta device, then filled
+    assert cl2.base.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not any(t.is_meta for t in cl2.state_dict().values())
+    torch.testing.assert_close(cl2(x), m(x))
     torch.save({"model": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a tsn-pipeline checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
@@ -220,3 +226,44 @@ def test_all_archs_build():
         m = build_model(ModelConfig(arch=arch, modality="rgb", num_classes=2, input_size=32))
         with torch.no_grad():
             assert m.eval()(torch.randn(1, 1, 3, 32, 32)).shape == (1, 2)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_resnet_is_torchvisions(arch):
+    """Our ResNet against torchvision's own: the same names, the same random initialisation
+    for the same seed, and (with torchvision's weights) the same features."""
+    import torchvision
+
+    from tsn_pipeline.model import ResNetBackbone
+
+    torch.manual_seed(0)
+    ref = getattr(torchvision.models, arch)(weights=None)
+    torch.manual_seed(0)
+    ours = ResNetBackbone(arch)
+    want = {k: v for k, v in ref.state_dict().items() if not k.startswith("fc.")}
+    got = ours.state_dict()
+    assert list(got) == list(want)
+    for k, v in want.items():
+        assert torch.equal(got[k], v), k
+    # every tensor random (BN statistics moved by a step), then torchvision's forward
+    ref.train()(torch.randn(4, 3, 64, 64))
+    ours.load_state_dict({k: v for k, v in ref.state_dict().items() if not k.startswith("fc.")})
+    ref.fc = torch.nn.Identity()
+    x = torch.randn(2, 3, 72, 56, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.double().eval()(x), ref.double().eval()(x),
+                                   rtol=0, atol=1e-10)
+    assert ours.num_features == (2048 if arch == "resnet50" else 512)
+
+
+def test_deep_resnets_have_torchvisions_names_and_shapes():
+    import torchvision
+
+    from tsn_pipeline.model import ResNetBackbone
+
+    with torch.device("meta"):
+        for arch in ("resnet34", "resnet101", "resnet152"):
+            want = {k: v.shape for k, v in getattr(torchvision.models, arch)().state_dict().items()
+                    if not k.startswith("fc.")}
+            got = {k: v.shape for k, v in ResNetBackbone(arch).state_dict().items()}
+            assert list(got.items()) == list(want.items()), arch

@@ -236,3 +236,57 @@ def test_real_clips_decode_flow_then_train_warped(real_clips, tmp_path, cli_runn
                    "--out", tmp_path / "run")
     assert r.exit_code == 0, r.output
     assert [h["clips"] for h in _history(tmp_path / "run")] == [3, 3]
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.0])
+def test_sgd_and_schedule_step_as_torch_optim_and_share_its_state(momentum):
+    """train.SGD / MultiStepLR against torch.optim's: the same weights and lrs step by step,
+    and the state_dict of either resumes the other."""
+    import torch.nn.functional as F
+
+    from tsn_pipeline.model import ModelConfig, build_model
+    from tsn_pipeline.train import SGD, MultiStepLR
+
+    cfg = ModelConfig(arch="resnet10", modality="flow", num_classes=3, input_size=32, dropout=0.0)
+    torch.manual_seed(0)
+    first = build_model(cfg).state_dict()
+    x, y = torch.randn(2, 2, 10, 32, 32), torch.tensor([0, 2])
+
+    def make(kind, state=None):
+        m = build_model(cfg)
+        m.load_state_dict(first)
+        groups = [{"params": g["params"], "lr": 0.1 * g["lr_mult"], "name": g["name"],
+                   "weight_decay": 1e-3 * g["decay_mult"]} for g in m.param_groups()]
+        if kind == "torch":
+            opt = torch.optim.SGD(groups, lr=0.1, momentum=momentum)
+            return m, opt, torch.optim.lr_scheduler.MultiStepLR(opt, [2, 3, 3], 0.1)
+        opt = SGD(groups, lr=0.1, momentum=momentum)
+        return m, opt, MultiStepLR(opt, [2, 3, 3], 0.1)
+
+    def step(m, opt, sched, n=1):
+        for _ in range(n):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(m(x), y).backward()
+            opt.step()
+            sched.step()
+        return sched.get_last_lr()
+
+    def same(a, b):
+        for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(v, w), k
+
+    ref, ours = make("torch"), make("ours")
+    for _ in range(4):
+        assert step(*ours) == step(*ref)
+        same(ref[0], ours[0])
+    g = ours[1].param_groups[0]
+    assert g["lr"] == ref[1].param_groups[0]["lr"] == pytest.approx(g["initial_lr"] * 1e-3)
+    # either one's state resumes the other (a checkpoint of an earlier version resumes here)
+    for (m, opt, sched), (_, src, src_sched) in ((make("ours"), ref), (make("torch"), ours)):
+        m.load_state_dict(ref[0].state_dict())
+        opt.load_state_dict(src.state_dict())
+        sched.load_state_dict(src_sched.state_dict())
+        step(m, opt, sched, 2)
+    step(*ref, n=2)
+    step(*ours, n=2)
+    same(ref[0], ours[0])

@@ -7,10 +7,11 @@ Builds models without reading anything (construct, then load: ``build_model(cfg)
 writes it), checkpoints written by ``tsn train`` and models converted by ``tsn convert``.
 Writes nothing itself.
 
-* Backbones behind one small interface (``Backbone``): torchvision ResNet-18/34/50/101,
-  ``resnet10`` (a [1,1,1,1] ResNet for smoke tests) and BN-Inception (Ioffe & Szegedy 2015,
-  the network of the TSN paper) written for current PyTorch with torchvision-style names
-  (``conv1.conv.weight``, ``inception3a.branch2.1.bn.running_mean``, ... like googlenet);
+* Backbones behind one small interface (``Backbone``): ResNet-18/34/50/101 (torchvision's,
+  written here with its names and init), ``resnet10`` (a [1,1,1,1] ResNet for smoke tests)
+  and BN-Inception (Ioffe & Szegedy 2015, the network of the TSN paper) written for current
+  PyTorch with torchvision-style names (``conv1.conv.weight``,
+  ``inception3a.branch2.1.bn.running_mean``, ... like googlenet);
   its convs keep the biases of the released Caffe model, trained (lr x2, no decay) in front
   of the frozen BatchNorms as in tsn-pytorch.
 * Cross-modality initialisation (``cross_modality_init``) is a pure function on the first
@@ -242,23 +243,73 @@ class Backbone(nn.Module):
         setattr(parent, child, new)
 
 
+class ResBlock(nn.Module):
+    """torchvision's ResNet blocks (v1.5), with its names: ``BasicBlock`` (two 3x3 convs) or,
+    with ``bottleneck``, ``Bottleneck`` (1x1, 3x3 carrying the stride, 1x1 to ``4 * planes``);
+    ``downsample`` (1x1 conv + BN) on the shortcut when the shape changes."""
+
+    def __init__(self, cin: int, planes: int, stride: int, bottleneck: bool):
+        super().__init__()
+        conv = lambda i, o, k, s=1: nn.Conv2d(i, o, k, s, k // 2, bias=False)  # noqa: E731
+        self.out_channels = cout = 4 * planes if bottleneck else planes
+        # torchvision draws the shortcut's conv first and registers it last: the same
+        # random stream and module order (its init loop walks the modules)
+        down = (nn.Sequential(conv(cin, cout, 1, stride), nn.BatchNorm2d(cout))
+                if stride != 1 or cin != cout else None)
+        self.bottleneck = bottleneck
+        if bottleneck:
+            self.conv1, self.bn1 = conv(cin, planes, 1), nn.BatchNorm2d(planes)
+            self.conv2, self.bn2 = conv(planes, planes, 3, stride), nn.BatchNorm2d(planes)
+            self.conv3, self.bn3 = conv(planes, cout, 1), nn.BatchNorm2d(cout)
+            self.relu = nn.ReLU(inplace=True)
+        else:
+            self.conv1, self.bn1 = conv(cin, planes, 3, stride), nn.BatchNorm2d(planes)
+            self.relu = nn.ReLU(inplace=True)
+            self.conv2, self.bn2 = conv(planes, planes, 3), nn.BatchNorm2d(planes)
+        self.downsample = down
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        if self.bottleneck:
+            out = self.bn3(self.conv3(self.relu(out)))
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
+
+
 class ResNetBackbone(Backbone):
-    """torchvision ResNet without its ``fc``; state-dict names as torchvision's."""
+    """torchvision's ResNet (v1.5) without its ``fc``: the same modules and state-dict names,
+    forward and random initialisation (kaiming-normal fan-out convs, BN weight 1 and bias 0,
+    no zero-init of a block's last BN), so torchvision state dicts load as they are. Written
+    here: importing ``torchvision.models`` costs seconds (it imports ``torch._dynamo``)."""
 
     first_conv = "conv1"
-    _LAYOUT = {"resnet10": ("basic", [1, 1, 1, 1]), "resnet18": ("basic", [2, 2, 2, 2]),
-               "resnet34": ("basic", [3, 4, 6, 3]), "resnet50": ("bottleneck", [3, 4, 6, 3]),
-               "resnet101": ("bottleneck", [3, 4, 23, 3])}
+    # arch -> (bottleneck blocks, blocks per stage)
+    LAYOUTS = {"resnet10": (False, (1, 1, 1, 1)), "resnet18": (False, (2, 2, 2, 2)),
+               "resnet34": (False, (3, 4, 6, 3)), "resnet50": (True, (3, 4, 6, 3)),
+               "resnet101": (True, (3, 4, 23, 3)), "resnet152": (True, (3, 8, 36, 3))}
 
     def __init__(self, arch: str):
         super().__init__()
-        from torchvision.models import resnet as tvr
-
-        block, layers = self._LAYOUT[arch]
-        net = tvr.ResNet(tvr.BasicBlock if block == "basic" else tvr.Bottleneck, layers)
-        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
-            setattr(self, name, getattr(net, name))
-        self.num_features = net.fc.in_features
+        bottleneck, layers = self.LAYOUTS[arch]
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        cin = 64
+        for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
+            stage = []
+            for b in range(blocks):
+                stage.append(ResBlock(cin, planes, 2 if i and not b else 1, bottleneck))
+                cin = stage[-1].out_channels
+            setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
+        self.num_features = cin
+        nn.Linear(cin, 1000)    # torchvision's classifier draws its init here: the same stream
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and not m.weight.is_meta:   # see load_checkpoint
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def features(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -364,7 +415,7 @@ class BNInceptionBackbone(Backbone):
 
 def build_backbone(arch: str) -> Backbone:
     """``arch`` -> randomly initialised ``Backbone`` (see ``ARCHS``)."""
-    if arch in ResNetBackbone._LAYOUT:
+    if arch in ResNetBackbone.LAYOUTS:
         return ResNetBackbone(arch)
     if arch == "bninception":
         return BNInceptionBackbone()
@@ -399,7 +450,7 @@ def check_keys(own: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor], wha
     """
     for k in set(own) - set(state):
         if k.endswith(".num_batches_tracked"):
-            state[k] = torch.zeros_like(own[k])
+            state[k] = torch.zeros_like(own[k], device="cpu" if own[k].is_meta else None)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     bad = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
@@ -438,7 +489,8 @@ def load_weights(model: "TSN", weights, name: Optional[str] = None) -> Dict[str,
     state = read_weights(weights) if isinstance(weights, (str, os.PathLike)) else dict(weights)
     if any(k.startswith("base.") for k in state):
         check_keys(model.state_dict(), state, what, f"a {cfg.arch} {cfg.modality} TSN")
-        model.load_state_dict(state, strict=True)
+        # a model built on the meta device (no random init) takes the tensors themselves
+        model.load_state_dict(state, strict=True, assign=model.fc.weight.is_meta)
         return {"weights": what, "tensors": len(state), "cross_modality_init": False}
     backbone = model.base
     state = {k: v for k, v in state.items() if not k.startswith(backbone.classifier_prefix)}
@@ -469,8 +521,9 @@ class TSN(nn.Module):
         self.base.set_in_channels(cfg.backbone_channels)
         self.dropout = nn.Dropout(p=cfg.dropout)
         self.fc = nn.Linear(self.base.num_features, cfg.num_classes)
-        nn.init.normal_(self.fc.weight, 0.0, 0.001)     # tsn-pytorch's new classifier init
-        nn.init.zeros_(self.fc.bias)
+        if not self.fc.weight.is_meta:                  # see load_checkpoint
+            nn.init.normal_(self.fc.weight, 0.0, 0.001)  # tsn-pytorch's new classifier init
+            nn.init.zeros_(self.fc.bias)
         if cfg.partial_bn or cfg.freeze_bn:
             for bn in self.frozen_bns():
                 for p in bn.parameters():
@@ -591,8 +644,13 @@ def load_checkpoint(path, map_location="cpu") -> Tuple[TSN, ModelConfig, Dict[st
 
     ckpt = read_checkpoint(path, map_location)
     cfg = model_config(ckpt, path)
-    model = build_model(cfg)
+    # no random init (1 s for a ResNet-50 on a busy CPU); normal_ on the meta device would
+    # import torch's compiler, so the backbones skip it there
+    with torch.device("meta"):
+        model = build_model(cfg)
     load_checkpoint_weights(model, ckpt, path)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     model.eval()
     if map_location not in (None, "cpu") and not callable(map_location):
         model.to(map_location)

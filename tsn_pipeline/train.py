@@ -289,15 +289,114 @@ def _split_of(sources, modality, video_id, video_list) -> str:
     return str(data.shard_set(sources, modality)[video_id].attrs.get("split", "") or "")
 
 
-def make_optimizer(model, cfg: TrainConfig):
-    """SGD over TSN's parameter groups: lr = lr * lr_mult, weight decay = wd * decay_mult."""
-    import torch
+class SGD:
+    """``torch.optim.SGD`` (momentum, weight decay, no dampening or Nesterov) with the same
+    steps and the same ``state_dict`` format: a checkpoint of either resumes with the other.
 
+    Written here because ``torch.optim``'s optimizers import ``torch._dynamo`` when built and
+    stepped: seconds before the first training step on a small machine.
+    """
+
+    def __init__(self, groups: List[Dict[str, Any]], lr: float, momentum: float):
+        defaults = {"lr": lr, "momentum": momentum, "dampening": 0, "weight_decay": 0,
+                    "nesterov": False, "maximize": False, "foreach": None,
+                    "differentiable": False, "fused": None}
+        self.param_groups = [{**defaults, **g, "params": list(g["params"])} for g in groups]
+        self.state: Dict[Any, Dict[str, Any]] = {}      # parameter -> {"momentum_buffer": t}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                p.grad = None
+
+    def step(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for g in self.param_groups:
+                ps = [p for p in g["params"] if p.grad is not None]
+                if not ps:
+                    continue
+                d = [p.grad for p in ps]
+                if g["weight_decay"]:
+                    d = torch._foreach_add(d, ps, alpha=g["weight_decay"])
+                if g["momentum"]:
+                    bufs = [self.state.setdefault(p, {}).get("momentum_buffer") for p in ps]
+                    if all(b is not None for b in bufs):
+                        torch._foreach_mul_(bufs, g["momentum"])
+                        torch._foreach_add_(bufs, d)
+                    else:           # the first step: buffers start as the gradients
+                        for i, p in enumerate(ps):
+                            if bufs[i] is None:
+                                bufs[i] = self.state[p]["momentum_buffer"] = d[i].detach().clone()
+                            else:
+                                bufs[i].mul_(g["momentum"]).add_(d[i])
+                    d = bufs
+                torch._foreach_add_(ps, d, alpha=-g["lr"])
+
+    def state_dict(self) -> Dict[str, Any]:
+        index = {}
+        groups = [{**{k: v for k, v in g.items() if k != "params"},
+                   "params": [index.setdefault(id(p), len(index)) for p in g["params"]]}
+                  for g in self.param_groups]
+        return {"state": {index[id(p)]: dict(s) for p, s in self.state.items()},
+                "param_groups": groups}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        params = [p for g in self.param_groups for p in g["params"]]
+        saved = state["param_groups"]
+        if [len(g["params"]) for g in saved] != [len(g["params"]) for g in self.param_groups]:
+            raise ValueError("the saved optimizer state has other parameter groups")
+        for g, s in zip(self.param_groups, saved):
+            g.update({k: v for k, v in s.items() if k != "params"})
+        self.state = {params[int(i)]: {k: v.to(params[int(i)].device, params[int(i)].dtype)
+                                      for k, v in s.items()} for i, s in state["state"].items()}
+
+
+class MultiStepLR:
+    """``torch.optim.lr_scheduler.MultiStepLR`` over ``SGD``: every group's lr times ``gamma``
+    at each milestone (in steps), computed as torch does, with its ``state_dict`` format."""
+
+    def __init__(self, optimizer: SGD, milestones: Sequence[int], gamma: float):
+        from collections import Counter
+
+        self.optimizer = optimizer
+        for g in optimizer.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+        self.milestones, self.gamma = Counter(milestones), gamma
+        self.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+        self.last_epoch, self._step_count = 0, 1
+        self._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+    def step(self) -> None:
+        self.last_epoch += 1
+        self._step_count += 1
+        if self.last_epoch in self.milestones:
+            for g in self.optimizer.param_groups:
+                g["lr"] = g["lr"] * self.gamma ** self.milestones[self.last_epoch]
+        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    def get_last_lr(self) -> List[float]:
+        return self._last_lr
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"milestones": self.milestones, "gamma": self.gamma, "base_lrs": self.base_lrs,
+                "last_epoch": self.last_epoch, "_step_count": self._step_count,
+                "_is_initial": False, "_get_lr_called_within_step": False,
+                "_last_lr": self._last_lr}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        for k in ("milestones", "gamma", "base_lrs", "last_epoch", "_step_count", "_last_lr"):
+            setattr(self, k, state[k])
+
+
+def make_optimizer(model, cfg: TrainConfig) -> SGD:
+    """SGD over TSN's parameter groups: lr = lr * lr_mult, weight decay = wd * decay_mult."""
     groups = []
     for g in model.param_groups():
         groups.append({"params": g["params"], "lr": cfg.lr * g["lr_mult"],
                        "weight_decay": cfg.weight_decay * g["decay_mult"], "name": g["name"]})
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
 def milestones(cfg: TrainConfig, steps_per_epoch: int) -> List[int]:
@@ -529,7 +628,8 @@ def _run_locked(cfg: TrainConfig, mcfg, out: Path, d: Dist, ckpt_path: Path,
         seed_everything(cfg.seed, cfg.deterministic)
         return _train(cfg, mcfg, out, d, ckpt_path, resume, progress)
     finally:
-        torch.use_deterministic_algorithms(previous[0])
+        if torch.are_deterministic_algorithms_enabled() != previous[0]:   # (imports Inductor)
+            torch.use_deterministic_algorithms(previous[0])
         torch.backends.cudnn.benchmark = previous[1]
         torch.set_num_threads(previous[2])
 
@@ -562,8 +662,7 @@ def _train(cfg: TrainConfig, mcfg, out: Path, d: Dist, ckpt_path: Path, resume: 
     steps_per_epoch = len(loaders.train)
     stop = cfg.iterations if cfg.iterations is not None else cfg.epochs * steps_per_epoch
     optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=milestones(cfg, steps_per_epoch), gamma=cfg.lr_gamma)
+    scheduler = MultiStepLR(optimizer, milestones(cfg, steps_per_epoch), cfg.lr_gamma)
     state = _RunState()
     if resume:
         state = _restore(ckpt_path, cfg, mcfg, model, optimizer, scheduler, out, d)
