@@ -11,9 +11,11 @@ How a shard is made, and why each step is there:
 2. Each finished video is written on its own as ``.<shard>.parts/<id>.h5`` (write ``.tmp``,
    then rename), by the worker process that made it. A killed run loses at most the videos
    in flight; a rerun lists the parts and does only what is missing.
-3. When every task is done, the parts are copied in sorted-id order into ``<shard>.tmp``,
-   which is flushed and renamed to ``<shard>``. The shard's bytes depend only on its content,
-   so an interrupted-and-resumed run gives the same file as an uninterrupted one.
+3. When every task is done, the parts' video groups are copied as they are (HDF5's object
+   copy: no payload is decoded, re-packed or checksummed again) in sorted-id order into
+   ``<shard>.tmp``, which is flushed and renamed to ``<shard>``. The shard's bytes depend
+   only on its content, so an interrupted-and-resumed run gives the same file as an
+   uninterrupted one.
 4. Failed videos (``VideoFailure`` or any exception of the stage's function) are recorded with
    their reason in the shard's ``failed`` attribute and in ``<kind>-<i>-of-<n>.failures.json``.
    Errors of the output itself (disk full, read-only folder) stop the run, name the path and
@@ -245,14 +247,6 @@ def _part_ok(path: Path) -> bool:
             return store.CHECKSUM in f[store.VIDEOS][vid].attrs
     except Exception:  # truncated or garbage after a machine crash: redo the video
         return False
-
-
-def _read_part(path: Path) -> store.VideoRecord:
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        (vid,) = list(f[store.VIDEOS].keys())
-        return store.read_record(f[store.VIDEOS][vid])
 
 
 def _output_error(path: Path, exc: BaseException, what: str) -> StageError:
@@ -537,13 +531,18 @@ def _unpack_to_parts(final: Path, parts: Path, config: Mapping[str, Any]) -> Non
 
 def _assemble(final: Path, parts: Path, ok_ids: List[str], kind: str, config, index: int,
               count: int, failures, root_extra, assigned: Sequence[str]) -> int:
+    import h5py
+
     def fill(f) -> int:
         items = 0
         videos = f.create_group(store.VIDEOS)
         for vid in ok_ids:
-            record = _read_part(_part_path(parts, vid))
-            store.write_record(videos, record)
-            items += _count_items(kind, record)
+            # the part's group copied as it is (H5Ocopy: datasets, attributes and the
+            # checksum the worker computed), not decoded into a record and written again
+            with h5py.File(_part_path(parts, vid), "r") as part:
+                group = part[store.VIDEOS][vid]
+                items += store.item_count(kind, group.attrs)
+                part.copy(group, videos, name=vid)
         extra = dict(root_extra or {})
         extra.update(num_videos=len(ok_ids), num_items=items,
                      failed=json.dumps(failures, sort_keys=True))
