@@ -68,8 +68,6 @@ class DecodeConfig:
 
 def decode_video(path: str, cfg: DecodeConfig):
     """One video -> (list of JPEG bytes, attrs). Raises ``VideoFailure`` with the reason."""
-    import cv2
-
     try:
         if cfg.encoder == "ffmpeg":
             reader = JpegReader(path, cfg.size, cfg.short_side, cfg.fps, cfg.interpolation,
@@ -77,6 +75,8 @@ def decode_video(path: str, cfg: DecodeConfig):
             jpegs = list(reader)
             info = reader.info
         else:
+            import cv2      # only here: the ffmpeg encoder's workers need no OpenCV
+
             info = probe(path)
             reader = FrameReader(path, cfg.size, cfg.short_side, cfg.fps, cfg.interpolation, info)
             params = [cv2.IMWRITE_JPEG_QUALITY, cfg.quality]
