@@ -259,8 +259,8 @@ def _count_items(kind: str, record: store.VideoRecord) -> int:
     return store.item_count(kind, record.attrs)
 
 
-def _run_one(kind: str, process: Callable[[Task], store.VideoRecord], task: Task, parts: str):
-    """Run in a worker: process one task and store its part. Returns a small status tuple."""
+def _process_one(process: Callable[[Task], store.VideoRecord], task: Task):
+    """``process(task)``: its record, or the ``("failed", id, reason)`` tuple."""
     try:
         record = process(task)
         if record.video_id != task.video_id:
@@ -270,7 +270,13 @@ def _run_one(kind: str, process: Callable[[Task], store.VideoRecord], task: Task
     except Exception as exc:  # a bug or an unexpected library error: record it, go on
         log.debug("video %s: %s", task.video_id, traceback.format_exc())
         return ("failed", task.video_id, f"{type(exc).__name__}: {exc}")
-    return _store_part(kind, parts, record)
+    return record
+
+
+def _run_one(kind: str, process: Callable[[Task], store.VideoRecord], task: Task, parts: str):
+    """Run in a worker: process one task and store its part. Returns a small status tuple."""
+    record = _process_one(process, task)
+    return record if isinstance(record, tuple) else _store_part(kind, parts, record)
 
 
 def _store_part(kind: str, parts: str, record: store.VideoRecord):
@@ -281,8 +287,55 @@ def _store_part(kind: str, parts: str, record: store.VideoRecord):
     return ("ok", record.video_id, _count_items(kind, record))
 
 
+def _iter_threaded(kind: str, tasks: List[Task], process, workers: int, parts: str):
+    """``_run_one`` of each task in ``workers`` threads of this process, results in the order
+    they finish. The threads are daemons and stop taking tasks when the caller stops
+    iterating (an error, Ctrl-C): a video in flight then stores no part, and the process
+    can exit without waiting for it (its ffmpeg ends on the closed pipe)."""
+    import queue
+    import threading
+
+    todo: "queue.SimpleQueue[Task]" = queue.SimpleQueue()
+    for task in tasks:
+        todo.put(task)
+    results: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def work():
+        try:
+            while not stop.is_set():
+                try:
+                    task = todo.get_nowait()
+                except queue.Empty:
+                    break
+                record = _process_one(process, task)
+                if stop.is_set():
+                    break
+                results.put(record if isinstance(record, tuple)
+                            else _store_part(kind, parts, record))
+        except BaseException as exc:   # never leave the caller waiting for a lost answer
+            results.put(("fatal", "", f"worker thread failed: {type(exc).__name__}: {exc}"))
+        finally:
+            results.put(None)
+
+    threads = [threading.Thread(target=work, name=f"tsn-worker-{k}", daemon=True)
+               for k in range(min(workers, len(tasks)))]
+    for thread in threads:
+        thread.start()
+    running = len(threads)
+    try:
+        while running:
+            item = results.get()
+            if item is None:
+                running -= 1
+            else:
+                yield item
+    finally:
+        stop.set()
+
+
 def _iter_results(kind: str, tasks: List[Task], process, batch_process, workers: int,
-                  parts: Path):
+                  parts: Path, threads: bool = False):
     if batch_process is not None:
         for task, result in batch_process(tasks):
             if isinstance(result, VideoFailure):
@@ -294,6 +347,8 @@ def _iter_results(kind: str, tasks: List[Task], process, batch_process, workers:
     elif workers <= 1 or len(tasks) <= 1:
         for task in tasks:
             yield _run_one(kind, process, task, str(parts))
+    elif threads:
+        yield from _iter_threaded(kind, tasks, process, workers, str(parts))
     else:
         from joblib import Parallel, delayed
 
@@ -356,12 +411,17 @@ def _read_shard_root(path: Path) -> Tuple[Dict[str, Any], List[str]]:
 
 
 def run_stage(*, process: Callable[[Task], store.VideoRecord], workers: int = 1,
-              **shard: Any) -> Summary:
+              threads: bool = False, **shard: Any) -> Summary:
     """Make one shard (``shard``: the keyword arguments of ``_run``) with
     ``process(task) -> VideoRecord`` in ``workers`` processes (it and its arguments must
     pickle: a module-level function or ``functools.partial`` of one). Decode, CPU flow and
-    rawframes import use it."""
-    return _run(process=process, batch_process=None, workers=workers, **shard)
+    rawframes import use it.
+
+    ``threads``: the workers are threads of this process instead, for a ``process`` whose
+    work runs outside Python (decode: ffmpeg decodes and encodes; Python only splits its
+    output and writes the part). No worker processes to start (a second or more of
+    interpreters and imports per run), nothing pickled between processes."""
+    return _run(process=process, batch_process=None, workers=workers, threads=threads, **shard)
 
 
 def run_batched_stage(*, batch_process: Callable[[List[Task]], Iterator[Tuple[Task, Any]]],
@@ -376,7 +436,8 @@ def _run(*, kind: str, out_dir, shard_index: int, num_shards: int,
          config: Mapping[str, Any], tasks: Sequence[Task],
          process: Optional[Callable[[Task], store.VideoRecord]],
          batch_process: Optional[Callable[[List[Task]], Iterator[Tuple[Task, Any]]]],
-         workers: int = 1, overwrite: bool = False, retry_failed: bool = False,
+         workers: int = 1, threads: bool = False, overwrite: bool = False,
+         retry_failed: bool = False,
          progress: bool = True, root_extra: Optional[Mapping[str, Any]] = None,
          initial_failures: Sequence[Dict[str, str]] = ()) -> Summary:
     """Make shard ``shard_index`` of ``num_shards`` of ``kind`` in ``out_dir`` from ``tasks``
@@ -433,7 +494,8 @@ def _run(*, kind: str, out_dir, shard_index: int, num_shards: int,
         sources = {t.video_id: t.source for t in tasks}
         bar = progress_bar(len(tasks), summary.resumed, f"{kind} {shard_index}/{num_shards}", progress)
         try:
-            for status, vid, info in _iter_results(kind, todo, process, batch_process, workers, parts):
+            results = _iter_results(kind, todo, process, batch_process, workers, parts, threads)
+            for status, vid, info in results:
                 if status == "fatal":
                     raise StageError(info)
                 if status == "failed":

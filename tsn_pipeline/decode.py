@@ -130,5 +130,6 @@ def run_decode(videos: VideoList, out_dir, cfg: DecodeConfig, shard_index: int =
     return batch.run_stage(
         kind="frames", out_dir=out_dir, shard_index=shard_index, num_shards=num_shards,
         config=cfg.to_dict(), tasks=tasks, process=functools.partial(process_task, cfg=cfg),
-        workers=workers, overwrite=overwrite, retry_failed=retry_failed, progress=progress,
+        workers=workers, threads=True,        # ffmpeg does the work: threads suffice
+        overwrite=overwrite, retry_failed=retry_failed, progress=progress,
         root_extra={"classes": list(videos.classes)}, initial_failures=failures)
