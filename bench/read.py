@@ -13,7 +13,8 @@ Cold: the first pass after the files were dropped from the page cache (posix_fad
 DONTNEED on every file; no root needed) with a freshly opened ShardSet; ``--cold-passes``
 times (other picks each time, the two sides in alternating order), the median.
 Also the training DataLoader alone (TSNDataset rgb, 3 segments, 224 px train transform, in
-this process): clips/s.
+this process): clips/s with torch's default threads and with one thread (as in a DataLoader
+worker process).
 Goals: shards >= 1.0x the folder and >= 0.9x the in-memory decode. Prints and writes
 bench/results/read.json with the machine's facts and load average.
 
@@ -95,7 +96,10 @@ def timed(fn, *args) -> float:
     return time.perf_counter() - t0
 
 
-def bench_loader(frames: Path, clips: int) -> dict:
+def bench_loader(frames: Path, clips: int, threads: int = 0) -> dict:
+    """clips/s of the training DataLoader in this process; ``threads``: torch's intra-op
+    threads for the run (a DataLoader worker process has 1), 0 keeps torch's default."""
+    import torch
     from torch.utils.data import DataLoader, RandomSampler
 
     from tsn_pipeline.data import Sources, TSNDataset, VideoSample
@@ -106,12 +110,19 @@ def bench_loader(frames: Path, clips: int) -> dict:
     ds = TSNDataset(src, samples, "rgb", 3, 1, "train", 224, mean, std)
     loader = DataLoader(ds, batch_size=8, num_workers=0,
                         sampler=RandomSampler(ds, replacement=True, num_samples=clips + 16))
-    it = iter(loader)
-    next(it), next(it)                           # warm up
-    t0 = time.perf_counter()
-    n = sum(x.shape[0] for x, _, _ in it)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        it = iter(loader)
+        next(it), next(it)                           # warm up
+        t0 = time.perf_counter()
+        n = sum(x.shape[0] for x, _, _ in it)
+        used = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
     return {"clips_per_s": round(n / (time.perf_counter() - t0), 1), "clips": n,
-            "segments": 3, "input_size": 224, "batch_size": 8, "num_workers": 0}
+            "segments": 3, "input_size": 224, "batch_size": 8, "num_workers": 0,
+            "torch_threads": used}
 
 
 def main():
@@ -195,6 +206,7 @@ def main():
             "cold_first_pass_frames_per_s": cold_fps, "cold_passes": args.cold_passes,
             "cold_ratio_shards_over_folder": round(cold_fps["shards"] / cold_fps["folder"], 3),
             "loader": bench_loader(work / "frames", args.loader_clips),
+            "loader_one_thread": bench_loader(work / "frames", args.loader_clips, threads=1),
             "goal": "warm: shards >= 1.0x folder and >= 0.9x memory",
             "load_avg_at_start": load_start,
         }
