@@ -114,6 +114,13 @@ def process_task(task: batch.Task, cfg: DecodeConfig) -> store.VideoRecord:
                              source=os.path.abspath(task.source), **attrs)
 
 
+def _file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
 def plan_shard(videos: VideoList, shard_index: int, num_shards: int):
     """Tasks of one shard plus the failures known before decoding (duplicate ids).
 
@@ -127,6 +134,9 @@ def run_decode(videos: VideoList, out_dir, cfg: DecodeConfig, shard_index: int =
                num_shards: int = 1, workers: int = 1, overwrite: bool = False,
                retry_failed: bool = False, progress: bool = True) -> batch.Summary:
     tasks, failures = plan_shard(videos, shard_index, num_shards)
+    # longest first (file size as the measure), so that no long video starts last and runs
+    # alone at the end; the shard is assembled in id order whatever the order of the work
+    tasks.sort(key=lambda t: -_file_size(t.source))
     return batch.run_stage(
         kind="frames", out_dir=out_dir, shard_index=shard_index, num_shards=num_shards,
         config=cfg.to_dict(), tasks=tasks, process=functools.partial(process_task, cfg=cfg),
