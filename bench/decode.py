@@ -68,6 +68,7 @@ def main():
     from tsn_pipeline.videoio import ffmpeg_exe, read_video
 
     exe = ffmpeg_exe()
+    load_start = [round(x, 2) for x in os.getloadavg()]
     work = Path(tempfile.mkdtemp(prefix="tsn-bench-decode-"))
     try:
         src = work / "videos"
@@ -162,6 +163,7 @@ def main():
             "psnr_db": {"tsn": round(float(np.mean(q_tsn)), 2), "ffmpeg": round(float(np.mean(q_ff)), 2)},
             "random_read_frames_per_s": {"shard": round(reads / t_read_shard, 1),
                                          "jpeg_folder": round(reads / t_read_jpeg, 1)},
+            "load_avg_at_start": load_start,
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -105,3 +105,31 @@ def test_rerun_with_videos_added_or_removed_is_refused_until_overwrite(make_vide
     with h5py.File(shard, "r") as f:
         assert store.read_assigned(f) == ["b", "c"]
     assert cli_runner("verify", out).exit_code == 0
+
+
+def _record_or_failure(task):
+    import numpy as np
+
+    if task.video_id.startswith("bad"):
+        raise batch.VideoFailure(f"{task.video_id}: cannot decode")
+    if task.video_id.startswith("bug"):
+        raise ValueError("a bug")
+    frames = [store.encode_image(np.full((8, 8, 3), 7 * len(task.video_id), np.uint8))]
+    return store.frame_video(task.video_id, frames, width=8, height=8, label=task.label)
+
+
+def test_thread_workers_make_the_shard_of_one_worker(tmp_path):
+    """run_stage(threads=True) (decode's workers): the same shard bytes and failures as one
+    worker, whatever order the threads finish in."""
+    ids = ["bad1", "bug2"] + [f"v{k:02d}" for k in range(12)]
+    kw = dict(kind="frames", shard_index=0, num_shards=1, config={"x": 1},
+              tasks=[batch.Task(v, "memory") for v in ids], process=_record_or_failure,
+              progress=False)
+    one = batch.run_stage(out_dir=tmp_path / "one", **kw)
+    many = batch.run_stage(out_dir=tmp_path / "many", workers=3, threads=True, **kw)
+    assert (many.ok, many.failed, one.ok, one.failed) == (12, 2, 12, 2)
+    assert [(d["video_id"], d["reason"]) for d in many.failures] == \
+        [("bad1", "bad1: cannot decode"), ("bug2", "ValueError: a bug")]
+    assert (tmp_path / "many" / "frames-0-of-1.h5").read_bytes() == \
+        (tmp_path / "one" / "frames-0-of-1.h5").read_bytes()
+    assert store.verify_shard(tmp_path / "many" / "frames-0-of-1.h5") == []

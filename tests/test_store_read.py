@@ -95,3 +95,31 @@ def test_png_and_jpeg_decode_to_the_pixels_of_the_old_decoder():
                                       decoded_as_before([payload, payload]))
     with pytest.raises(store.StoreError, match="one size"):
         store.decode_images([png, store.encode_image(img[:8], "png")])
+
+
+def test_random_reads_across_shards_equal_a_plain_reference_decode(make_video, cli_runner,
+                                                                   tmp_path):
+    """TSN's access pattern (a few random frames per video, any order, repeats, single
+    frames) over several videos in two shards: the arrays of cv2.imdecode of the payload
+    bytes read with h5py, converted BGR -> RGB (or gray)."""
+    for k in range(5):
+        make_video(f"v/c{k}.mkv", n=9 + k, seed=10 + k)
+    r = cli_runner("decode", tmp_path / "v", "--out", tmp_path / "out", "--size", "40x30",
+                   "--num-shards", "2", "--shard-index", "0", "--no-progress")
+    assert r.exit_code == 0, r.output
+    r = cli_runner("decode", tmp_path / "v", "--out", tmp_path / "out", "--size", "40x30",
+                   "--num-shards", "2", "--shard-index", "1", "--no-progress")
+    assert r.exit_code == 0, r.output
+    shards = store.open_shards(tmp_path / "out")
+    assert len(shards.paths) == 2 and len({shards[v].shard for v in shards.ids}) == 2
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        for vid in shards.ids:
+            n = shards[vid].length
+            for idx in (sorted(rng.choice(n, 3, replace=False).tolist()),
+                        rng.integers(0, n, 4).tolist(), [int(rng.integers(0, n))]):
+                want = h5py_payloads(shards[vid].shard, vid, "rgb", idx)
+                np.testing.assert_array_equal(shards.read_frames(vid, idx), decoded_as_before(want))
+                np.testing.assert_array_equal(shards.read_gray(vid, "rgb", idx),
+                                              decoded_as_before(want, color=False))
+    shards.close()

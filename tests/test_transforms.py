@@ -198,6 +198,11 @@ def test_normalize_layouts_and_values():
     assert np.array_equal(bgr.numpy(), flow.reshape(2, 10, 4, 5).astype(np.float32) - 128)
     raw = T.normalize(rgb, "rgbdiff", (0,) * 3, (1 / 255,) * 3)
     assert np.array_equal(raw.numpy(), np.moveaxis(rgb, -1, -3).reshape(2, 3, 4, 5).astype(np.float32))
+    # exactly (v - 255 mean) / (255 std) in float32, per channel
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    m, sd = (np.float32([255.0 * v for v in stat])[:, None, None] for stat in (mean, std))
+    want = (np.moveaxis(rgb, -1, -3).astype(np.float32) - m) / sd
+    assert np.array_equal(T.normalize(rgb, "rgb", mean, std).numpy(), want.reshape(2, 3, 4, 5))
     diff = T.normalize(_rgb_clip(s=2, l=6, h=4, w=5), "rgbdiff", (0,) * 3, (1,) * 3)
     assert tuple(diff.shape) == (2, 18, 4, 5)
     crops = T.normalize(T.TenCrop(4, "flow")(flow), "flow", (0.5, 0.5), (0.25, 0.25))

@@ -11,9 +11,11 @@ How a shard is made, and why each step is there:
 2. Each finished video is written on its own as ``.<shard>.parts/<id>.h5`` (write ``.tmp``,
    then rename), by the worker process that made it. A killed run loses at most the videos
    in flight; a rerun lists the parts and does only what is missing.
-3. When every task is done, the parts are copied in sorted-id order into ``<shard>.tmp``,
-   which is flushed and renamed to ``<shard>``. The shard's bytes depend only on its content,
-   so an interrupted-and-resumed run gives the same file as an uninterrupted one.
+3. When every task is done, the parts' video groups are copied as they are (HDF5's object
+   copy: no payload is decoded, re-packed or checksummed again) in sorted-id order into
+   ``<shard>.tmp``, which is flushed and renamed to ``<shard>``. The shard's bytes depend
+   only on its content, so an interrupted-and-resumed run gives the same file as an
+   uninterrupted one.
 4. Failed videos (``VideoFailure`` or any exception of the stage's function) are recorded with
    their reason in the shard's ``failed`` attribute and in ``<kind>-<i>-of-<n>.failures.json``.
    Errors of the output itself (disk full, read-only folder) stop the run, name the path and
@@ -247,14 +249,6 @@ def _part_ok(path: Path) -> bool:
         return False
 
 
-def _read_part(path: Path) -> store.VideoRecord:
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        (vid,) = list(f[store.VIDEOS].keys())
-        return store.read_record(f[store.VIDEOS][vid])
-
-
 def _output_error(path: Path, exc: BaseException, what: str) -> StageError:
     reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc)
     return StageError(f"cannot {what} {path}: {reason}")
@@ -265,8 +259,8 @@ def _count_items(kind: str, record: store.VideoRecord) -> int:
     return store.item_count(kind, record.attrs)
 
 
-def _run_one(kind: str, process: Callable[[Task], store.VideoRecord], task: Task, parts: str):
-    """Run in a worker: process one task and store its part. Returns a small status tuple."""
+def _process_one(process: Callable[[Task], store.VideoRecord], task: Task):
+    """``process(task)``: its record, or the ``("failed", id, reason)`` tuple."""
     try:
         record = process(task)
         if record.video_id != task.video_id:
@@ -276,7 +270,13 @@ def _run_one(kind: str, process: Callable[[Task], store.VideoRecord], task: Task
     except Exception as exc:  # a bug or an unexpected library error: record it, go on
         log.debug("video %s: %s", task.video_id, traceback.format_exc())
         return ("failed", task.video_id, f"{type(exc).__name__}: {exc}")
-    return _store_part(kind, parts, record)
+    return record
+
+
+def _run_one(kind: str, process: Callable[[Task], store.VideoRecord], task: Task, parts: str):
+    """Run in a worker: process one task and store its part. Returns a small status tuple."""
+    record = _process_one(process, task)
+    return record if isinstance(record, tuple) else _store_part(kind, parts, record)
 
 
 def _store_part(kind: str, parts: str, record: store.VideoRecord):
@@ -287,8 +287,55 @@ def _store_part(kind: str, parts: str, record: store.VideoRecord):
     return ("ok", record.video_id, _count_items(kind, record))
 
 
+def _iter_threaded(kind: str, tasks: List[Task], process, workers: int, parts: str):
+    """``_run_one`` of each task in ``workers`` threads of this process, results in the order
+    they finish. The threads are daemons and stop taking tasks when the caller stops
+    iterating (an error, Ctrl-C): a video in flight then stores no part, and the process
+    can exit without waiting for it (its ffmpeg ends on the closed pipe)."""
+    import queue
+    import threading
+
+    todo: "queue.SimpleQueue[Task]" = queue.SimpleQueue()
+    for task in tasks:
+        todo.put(task)
+    results: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def work():
+        try:
+            while not stop.is_set():
+                try:
+                    task = todo.get_nowait()
+                except queue.Empty:
+                    break
+                record = _process_one(process, task)
+                if stop.is_set():
+                    break
+                results.put(record if isinstance(record, tuple)
+                            else _store_part(kind, parts, record))
+        except BaseException as exc:   # never leave the caller waiting for a lost answer
+            results.put(("fatal", "", f"worker thread failed: {type(exc).__name__}: {exc}"))
+        finally:
+            results.put(None)
+
+    threads = [threading.Thread(target=work, name=f"tsn-worker-{k}", daemon=True)
+               for k in range(min(workers, len(tasks)))]
+    for thread in threads:
+        thread.start()
+    running = len(threads)
+    try:
+        while running:
+            item = results.get()
+            if item is None:
+                running -= 1
+            else:
+                yield item
+    finally:
+        stop.set()
+
+
 def _iter_results(kind: str, tasks: List[Task], process, batch_process, workers: int,
-                  parts: Path):
+                  parts: Path, threads: bool = False):
     if batch_process is not None:
         for task, result in batch_process(tasks):
             if isinstance(result, VideoFailure):
@@ -300,6 +347,8 @@ def _iter_results(kind: str, tasks: List[Task], process, batch_process, workers:
     elif workers <= 1 or len(tasks) <= 1:
         for task in tasks:
             yield _run_one(kind, process, task, str(parts))
+    elif threads:
+        yield from _iter_threaded(kind, tasks, process, workers, str(parts))
     else:
         from joblib import Parallel, delayed
 
@@ -362,12 +411,17 @@ def _read_shard_root(path: Path) -> Tuple[Dict[str, Any], List[str]]:
 
 
 def run_stage(*, process: Callable[[Task], store.VideoRecord], workers: int = 1,
-              **shard: Any) -> Summary:
+              threads: bool = False, **shard: Any) -> Summary:
     """Make one shard (``shard``: the keyword arguments of ``_run``) with
     ``process(task) -> VideoRecord`` in ``workers`` processes (it and its arguments must
     pickle: a module-level function or ``functools.partial`` of one). Decode, CPU flow and
-    rawframes import use it."""
-    return _run(process=process, batch_process=None, workers=workers, **shard)
+    rawframes import use it.
+
+    ``threads``: the workers are threads of this process instead, for a ``process`` whose
+    work runs outside Python (decode: ffmpeg decodes and encodes; Python only splits its
+    output and writes the part). No worker processes to start (a second or more of
+    interpreters and imports per run), nothing pickled between processes."""
+    return _run(process=process, batch_process=None, workers=workers, threads=threads, **shard)
 
 
 def run_batched_stage(*, batch_process: Callable[[List[Task]], Iterator[Tuple[Task, Any]]],
@@ -382,7 +436,8 @@ def _run(*, kind: str, out_dir, shard_index: int, num_shards: int,
          config: Mapping[str, Any], tasks: Sequence[Task],
          process: Optional[Callable[[Task], store.VideoRecord]],
          batch_process: Optional[Callable[[List[Task]], Iterator[Tuple[Task, Any]]]],
-         workers: int = 1, overwrite: bool = False, retry_failed: bool = False,
+         workers: int = 1, threads: bool = False, overwrite: bool = False,
+         retry_failed: bool = False,
          progress: bool = True, root_extra: Optional[Mapping[str, Any]] = None,
          initial_failures: Sequence[Dict[str, str]] = ()) -> Summary:
     """Make shard ``shard_index`` of ``num_shards`` of ``kind`` in ``out_dir`` from ``tasks``
@@ -439,7 +494,8 @@ def _run(*, kind: str, out_dir, shard_index: int, num_shards: int,
         sources = {t.video_id: t.source for t in tasks}
         bar = progress_bar(len(tasks), summary.resumed, f"{kind} {shard_index}/{num_shards}", progress)
         try:
-            for status, vid, info in _iter_results(kind, todo, process, batch_process, workers, parts):
+            results = _iter_results(kind, todo, process, batch_process, workers, parts, threads)
+            for status, vid, info in results:
                 if status == "fatal":
                     raise StageError(info)
                 if status == "failed":
@@ -537,13 +593,18 @@ def _unpack_to_parts(final: Path, parts: Path, config: Mapping[str, Any]) -> Non
 
 def _assemble(final: Path, parts: Path, ok_ids: List[str], kind: str, config, index: int,
               count: int, failures, root_extra, assigned: Sequence[str]) -> int:
+    import h5py
+
     def fill(f) -> int:
         items = 0
         videos = f.create_group(store.VIDEOS)
         for vid in ok_ids:
-            record = _read_part(_part_path(parts, vid))
-            store.write_record(videos, record)
-            items += _count_items(kind, record)
+            # the part's group copied as it is (H5Ocopy: datasets, attributes and the
+            # checksum the worker computed), not decoded into a record and written again
+            with h5py.File(_part_path(parts, vid), "r") as part:
+                group = part[store.VIDEOS][vid]
+                items += store.item_count(kind, group.attrs)
+                part.copy(group, videos, name=vid)
         extra = dict(root_extra or {})
         extra.update(num_videos=len(ok_ids), num_items=items,
                      failed=json.dumps(failures, sort_keys=True))

@@ -68,8 +68,6 @@ class DecodeConfig:
 
 def decode_video(path: str, cfg: DecodeConfig):
     """One video -> (list of JPEG bytes, attrs). Raises ``VideoFailure`` with the reason."""
-    import cv2
-
     try:
         if cfg.encoder == "ffmpeg":
             reader = JpegReader(path, cfg.size, cfg.short_side, cfg.fps, cfg.interpolation,
@@ -77,6 +75,8 @@ def decode_video(path: str, cfg: DecodeConfig):
             jpegs = list(reader)
             info = reader.info
         else:
+            import cv2      # only here: the ffmpeg encoder's workers need no OpenCV
+
             info = probe(path)
             reader = FrameReader(path, cfg.size, cfg.short_side, cfg.fps, cfg.interpolation, info)
             params = [cv2.IMWRITE_JPEG_QUALITY, cfg.quality]
@@ -114,6 +114,13 @@ def process_task(task: batch.Task, cfg: DecodeConfig) -> store.VideoRecord:
                              source=os.path.abspath(task.source), **attrs)
 
 
+def _file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
 def plan_shard(videos: VideoList, shard_index: int, num_shards: int):
     """Tasks of one shard plus the failures known before decoding (duplicate ids).
 
@@ -127,8 +134,12 @@ def run_decode(videos: VideoList, out_dir, cfg: DecodeConfig, shard_index: int =
                num_shards: int = 1, workers: int = 1, overwrite: bool = False,
                retry_failed: bool = False, progress: bool = True) -> batch.Summary:
     tasks, failures = plan_shard(videos, shard_index, num_shards)
+    # longest first (file size as the measure), so that no long video starts last and runs
+    # alone at the end; the shard is assembled in id order whatever the order of the work
+    tasks.sort(key=lambda t: -_file_size(t.source))
     return batch.run_stage(
         kind="frames", out_dir=out_dir, shard_index=shard_index, num_shards=num_shards,
         config=cfg.to_dict(), tasks=tasks, process=functools.partial(process_task, cfg=cfg),
-        workers=workers, overwrite=overwrite, retry_failed=retry_failed, progress=progress,
+        workers=workers, threads=True,        # ffmpeg does the work: threads suffice
+        overwrite=overwrite, retry_failed=retry_failed, progress=progress,
         root_extra={"classes": list(videos.classes)}, initial_failures=failures)

@@ -390,7 +390,7 @@ class ShardSet:
         self._handles: Dict[str, Any] = {}
         self._streams: Dict[Any, Any] = {}
         self._fds: Dict[str, int] = {}
-        self._located: Dict[Any, Any] = {}     # (video_id, stream) -> (file offset, offsets)
+        self._located: Dict[Any, Any] = {}     # (video_id, stream) -> (path, file offset, offsets)
         self._file_ids: Dict[str, Any] = {}    # path -> (dev, inode, size, mtime) at open
         self._pid = os.getpid()
         self._build_index()
@@ -417,7 +417,7 @@ class ShardSet:
                         self._entries[vid] = VideoEntry(
                             vid, path, item_count(attrs["kind"], vattrs),
                             int(vattrs.get("label", -1)), vattrs)
-                        self._locate_streams(vid, group)
+                        self._locate_streams(path, vid, group)
             except OSError as exc:
                 raise StoreError(f"{path}: cannot open as HDF5 ({exc})") from exc
         if self.kind is None and kinds:
@@ -452,8 +452,8 @@ class ShardSet:
             have.setdefault(int(attrs.get("num_shards", 1)), set()).add(int(attrs.get("shard_index", 0)))
         return sorted({i for n, got in have.items() for i in range(n) if i not in got})
 
-    def _locate_streams(self, video_id: str, group) -> None:
-        """Record (byte offset in the file, item offsets) of each stream of a video group
+    def _locate_streams(self, path: str, video_id: str, group) -> None:
+        """Record (shard path, byte offset in the file, item offsets) of each stream of a video group
         stored contiguously and uncompressed (how our writer stores them); other layouts
         are read through h5py."""
         names = set(group.keys())
@@ -464,7 +464,7 @@ class ShardSet:
             base = data.id.get_offset()
             if base is not None and data.compression is None and data.chunks is None:
                 off = group[name + OFFSETS_SUFFIX][()]
-                self._located[(video_id, name)] = (int(base), off)
+                self._located[(video_id, name)] = (path, int(base), off)
 
     def _check_root(self, path: str, attrs: Mapping[str, Any]):
         version = attrs.get("schema_version")
@@ -572,27 +572,27 @@ class ShardSet:
         located = self._located.get((video_id, stream))
         if located is None:
             data, off = self._stream(video_id, stream)
-        else:
-            base, off = located
-        n = len(off) - 1
-        idx = [int(i) for i in indices]
-        for i in idx:
-            if not 0 <= i < n:
-                raise IndexError(f"video {video_id!r} stream {stream!r}: index {i} outside 0..{n - 1}")
-        if located is None:
+            idx = _checked_indices(indices, len(off) - 1, video_id, stream)
             return [data[int(off[i]):int(off[i + 1])].tobytes() for i in idx]
-        fd = self._fd(self[video_id].shard)
+        path, base, off = located
+        idx = _checked_indices(indices, len(off) - 1, video_id, stream)
+        if self._pid != os.getpid():
+            self._this_process()
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fd(path)
         out: List[bytes] = []
-        k = 0
-        while k < len(idx):
+        pread = os.pread
+        k, count = 0, len(idx)
+        while k < count:
             j = k
-            while j + 1 < len(idx) and idx[j + 1] == idx[j] + 1:
+            while j + 1 < count and idx[j + 1] == idx[j] + 1:
                 j += 1
             a, b = int(off[idx[k]]), int(off[idx[j] + 1])
-            buf = os.pread(fd, b - a, base + a)
+            buf = pread(fd, b - a, base + a)
             if len(buf) != b - a:
-                raise StoreError(f"{self[video_id].shard}: video {video_id!r} stream {stream!r} "
-                                 f"items {idx[k]}..{idx[j]} are cut short (file truncated?)")
+                raise StoreError(f"{path}: video {video_id!r} stream {stream!r} items "
+                                 f"{idx[k]}..{idx[j]} are cut short (file truncated?)")
             if k == j:
                 out.append(buf)
             else:
@@ -642,6 +642,15 @@ def open_shards(paths, kind: Optional[str] = None, warn_missing: bool = True) ->
     return shards
 
 
+def _checked_indices(indices, n: int, video_id: str, stream: str) -> List[int]:
+    """``indices`` as ints, each checked to lie in ``0..n-1``."""
+    idx = [int(i) for i in indices]
+    if idx and (min(idx) < 0 or max(idx) >= n):
+        bad = next(i for i in idx if not 0 <= i < n)
+        raise IndexError(f"video {video_id!r} stream {stream!r}: index {bad} outside 0..{n - 1}")
+    return idx
+
+
 def _file_id(st: os.stat_result):
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
@@ -659,12 +668,18 @@ def _imread_mode(color: bool):
 
 def decode_images(payloads: Sequence[bytes], color: bool = True) -> np.ndarray:
     """``decode_image`` of each payload, into one array (N, H, W, 3) or (N, H, W): no
-    stacking copy (a conversion, where needed, writes straight into the array)."""
+    stacking copy (a conversion, where needed, writes straight into the array); one payload
+    is the decoder's own array, not copied."""
     import cv2
 
     if not payloads:
         raise ValueError("no payloads to decode")
     flag, convert = _imread_mode(color)
+    if len(payloads) == 1 and not convert:
+        img = cv2.imdecode(np.frombuffer(payloads[0], dtype=np.uint8), flag)
+        if img is None:
+            raise StoreError(f"undecodable image payload ({len(payloads[0])} bytes)")
+        return img[None]
     out = None
     for k, payload in enumerate(payloads):
         img = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), flag)

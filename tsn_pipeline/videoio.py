@@ -325,6 +325,9 @@ def jpeg_header(buf, start: int = 0) -> Tuple[int, int, int]:
     raise VideoError("JPEG without a frame header (SOF)")
 
 
+_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
 def jpeg_end(buf, start: int = 0) -> Optional[int]:
     """End offset of the complete JPEG starting at ``buf[start]``, or None if incomplete.
 
@@ -356,19 +359,12 @@ def jpeg_end(buf, start: int = 0) -> Optional[int]:
         if marker != 0xDA:                      # not a scan: skip the segment
             i = seg_end
             continue
-        j = seg_end                             # entropy-coded data of the scan
-        while True:
-            j = buf.find(b"\xff", j)
-            if j < 0 or j + 1 >= n:
-                return None
-            nxt = buf[j + 1]
-            if nxt == 0x00 or 0xD0 <= nxt <= 0xD7:
-                j += 2
-            elif nxt == 0xFF:
-                j += 1
-            else:
-                i = j
-                break
+        # entropy-coded data of the scan: the first 0xFF followed by anything but 0x00
+        # (stuffing), 0xFF (fill) or RST0..7 is the marker that ends it
+        found = _SCAN_END.search(buf, seg_end)
+        if found is None:
+            return None
+        i = found.start()
     return None
 
 

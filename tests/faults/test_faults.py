@@ -162,13 +162,15 @@ def test_read_only_output_folder_is_a_clear_error(tmp_path, small_fs):
     assert "Read-only file system" in proc.stderr and str(fs / "out") in proc.stderr
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("limit,where", [(60_000, ".frames-0-of-1.h5.parts"),
                                          (600_000, "frames-0-of-1.h5")])
-def test_write_error_via_file_size_limit(tmp_path, limit, where):
+def test_write_error_via_file_size_limit(tmp_path, limit, where, workers):
     """The same failure path without mount privileges: writes past RLIMIT_FSIZE fail (EFBIG).
     At 60 kB a video's part cannot be written; at 600 kB every part is (about 365 kB each)
     but the shard is not, where h5py raises RuntimeError and used to crash on exit: both
-    are one clean line naming the path, exit 1."""
+    are one clean line naming the path, exit 1 (also with two worker threads, the second
+    one still decoding when the first fails)."""
     import resource
 
     _make_videos(tmp_path / "v", 4, frames=30, size=(128, 96))
@@ -178,7 +180,8 @@ def test_write_error_via_file_size_limit(tmp_path, limit, where):
 
     out = tmp_path / "out"
     proc = run_tsn("decode", tmp_path / "v", "--out", out, "--size", "original", "--encoder",
-                   "opencv", "--quality", "100", "--no-progress", preexec_fn=limit_size)
+                   "opencv", "--quality", "100", "--no-progress", "--workers", workers,
+                   preexec_fn=limit_size)
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [f"Error: cannot write {'to ' if 'parts' in where else ''}"
                                         f"{out / where}: File too large"]
