@@ -42,7 +42,8 @@ def _parse_size(ctx, param, value):
                                               "(default: keep the frames that decode).")
 @click.option("--split", default=None, help="Only videos of this split (list column 'split').")
 @shard_options
-@run_options
+@run_options(workers_help="Videos decoded at once: threads of this process, each driving one "
+                          "ffmpeg process (at most the cores).")
 @stage_errors
 def decode(source, out_dir, size, short_side, fps, encoder, qscale, quality, interpolation, strict, split,
            shard_index, num_shards, workers, overwrite, retry_failed, progress):

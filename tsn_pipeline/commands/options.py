@@ -79,14 +79,15 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def run_options(f: Optional[Callable] = None, *, all_cores: bool = False) -> Callable:
+def run_options(f: Optional[Callable] = None, *, all_cores: bool = False,
+                workers_help: str = "Worker processes (at most the cores).") -> Callable:
     """--workers, --overwrite, --retry-failed, --progress/--no-progress.
 
     ``@run_options(all_cores=True)``: --workers defaults to every usable core on CPU, 1 on a
     GPU (``None`` until the command resolves it) instead of 1.
     """
     if f is None:
-        return lambda g: run_options(g, all_cores=all_cores)
+        return lambda g: run_options(g, all_cores=all_cores, workers_help=workers_help)
     f = click.option("--progress/--no-progress", default=True, show_default=True,
                      help="Progress bar on stderr.")(f)
     f = click.option("--retry-failed", is_flag=True,
@@ -99,7 +100,7 @@ def run_options(f: Optional[Callable] = None, *, all_cores: bool = False) -> Cal
                               f"({usable_cores()} here), 1 on a GPU].", callback=cap_workers)(f)
     else:
         f = click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-                         callback=cap_workers, help="Worker processes (at most the cores).")(f)
+                         callback=cap_workers, help=workers_help)(f)
     return f
 
 
