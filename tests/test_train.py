@@ -126,6 +126,10 @@ def test_resume_after_kill_gives_the_same_weights(synth, tmp_path, cli_runner):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert [h["loss"] for h in _history(full)] == [h["loss"] for h in _history(killed)]
+    # epoch timings stay in metrics.jsonl across the resume, and out of the checkpoints: the
+    # resumed run's checkpoint is the uninterrupted run's, byte for byte
+    assert all(h["seconds"] > 0 and "clips_per_s" in h for h in _history(killed))
+    assert (killed / "checkpoint.pt").read_bytes() == (full / "checkpoint.pt").read_bytes()
     r = cli_runner(*args, "--out", killed, "--resume", "--lr", "0.02")
     assert r.exit_code == 1 and "lr: 0.01 -> 0.02" in r.output
 

@@ -43,6 +43,9 @@ CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 METRICS = "metrics.jsonl"
 PLOT = "metrics.png"
+# wall-clock fields of an epoch's row: in metrics.jsonl, not in checkpoints, so that the same
+# training writes the same checkpoint bytes (and sha256) every time
+WALL_CLOCK = ("seconds", "clips_per_s")
 CONFIG_JSON = "train_config.json"
 LOCK = ".train.lock"       # held by the process writing the run folder
 PLOT_EVERY_S = 30.0     # redraw metrics.png at most this often (and after the last epoch)
@@ -435,7 +438,8 @@ def checkpoint_state(model, mcfg, cfg: TrainConfig, optimizer, scheduler, epoch:
         "epoch": int(epoch),
         "step": int(step),
         "best": -1.0 if best is None else float(best),
-        "history": json.dumps(history),
+        "history": json.dumps([{k: v for k, v in row.items() if k not in WALL_CLOCK}
+                               for row in history]),
         "torch_rng": torch.get_rng_state(),
     }
 
@@ -566,6 +570,18 @@ def plot_metrics(history: List[Dict[str, Any]], path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=90)
     os.replace(tmp, path)
+
+
+def _with_wall_clock(history: List[Dict[str, Any]], out: Path) -> List[Dict[str, Any]]:
+    """A checkpoint's history with the wall-clock fields the run's metrics.jsonl kept for the
+    same epochs (none when the file is gone or unreadable)."""
+    try:
+        rows = [json.loads(line) for line in (out / METRICS).read_text().splitlines() if line]
+        timed = {(r["epoch"], r["step"]): r for r in rows}
+    except (OSError, ValueError, KeyError, TypeError):
+        return history
+    return [{**row, **{k: timed[key][k] for k in WALL_CLOCK if k in timed.get(key, {})}}
+            for row, key in ((row, (row.get("epoch"), row.get("step"))) for row in history)]
 
 
 def _write_history(history: List[Dict[str, Any]], out: Path) -> None:
@@ -746,7 +762,7 @@ def _restore(ckpt_path: Path, cfg: TrainConfig, mcfg, model, optimizer, schedule
     torch.set_rng_state(ckpt["torch_rng"])
     state = _RunState(int(ckpt["epoch"]), int(ckpt["step"]),
                       None if ckpt["best"] < 0 else float(ckpt["best"]),
-                      json.loads(ckpt["history"]))
+                      _with_wall_clock(json.loads(ckpt["history"]), out))
     if d.main:
         _write_history(state.history, out)
         log.info("resumed %s at epoch %d, step %d", ckpt_path, state.start_epoch, state.step)
@@ -784,12 +800,12 @@ def _loop(cfg: TrainConfig, mcfg, model, optimizer, scheduler, loaders: _Loaders
         if improved:
             best = row["val_top1"]
         if d.main:
+            _write_history(history, out)    # first: a checkpoint's epochs all have their row
             saved = checkpoint_state(model, mcfg, cfg, optimizer, scheduler, epoch + 1, step,
                                      best, history)
             atomic_torch_save(saved, ckpt_path)
             if improved:
                 atomic_torch_save(saved, out / BEST)
-            _write_history(history, out)
             last_epoch = epoch + 1 == num_epochs or step >= stop
             if last_epoch or time.monotonic() - last_plot > PLOT_EVERY_S:
                 plot_metrics(history, out / PLOT)
