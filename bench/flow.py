@@ -433,7 +433,9 @@ def main():
     result = {"machine": machine(), "quick": args.quick}
     default_out = RESULTS / ("flow_gpu.json" if args.gpu else "flow.json")
     if args.part != "all" and Path(args.out or default_out).exists():
-        result = {**json.loads(Path(args.out or default_out).read_text()), **result}
+        old = json.loads(Path(args.out or default_out).read_text())
+        # part C records its own machine: the top-level facts stay those of parts A and B
+        result = {**old, **result} if args.part != "cli" or "machine" not in old else old
     if args.gpu:
         result["gpu"] = bench_gpu(args.device, args.quick, args.videos)
         out = Path(args.out or RESULTS / "flow_gpu.json")
@@ -441,7 +443,8 @@ def main():
         # A: 16 pairs per video (64 in all) so that process start-up (~1-2 s) is small
         # against the work; B: 8 pairs per video (quick: 4 and 2)
         videos, source = load_videos(5 if args.quick else 17, args.videos)
-        result["frames"] = source
+        if args.part != "cli":
+            result["frames"] = source
         if args.part in ("all", "cli"):
             result["cli"] = bench_cli(args.cli_pairs, args.videos, args.cold_compile)
             print(json.dumps({"cli": result["cli"]}, indent=1), flush=True)

@@ -197,7 +197,7 @@ def test_median_filters_match_opencv():
 
 
 @pytest.mark.skipif(os.environ.get("TSN_TEST_COMPILE") != "1",
-                    reason="torch.compile of the TV-L1 loop takes ~1 min on CPU; set "
+                    reason="compiling the TV-L1 kernels takes ~2-3 min on CPU the first time; set "
                            "TSN_TEST_COMPILE=1 to run (bench/flow.py compares it too)")
 def test_compiled_loop_equals_eager():
     import cv2

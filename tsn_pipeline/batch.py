@@ -310,6 +310,20 @@ def _iter_results(kind: str, tasks: List[Task], process, batch_process, workers:
         yield from parallel(delayed(_run_one)(kind, process, t, str(parts)) for t in tasks)
 
 
+def _die_with_parent(parent: int) -> None:
+    """In a forked worker: end when the main process dies (Linux), as loky's workers do;
+    otherwise a worker of a killed run would wait on its task queue for ever."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:              # it died before prctl took effect
+        os._exit(1)
+
+
 def _forked_results(kind: str, tasks: List[Task], process, workers: int, parts: Path):
     """``_run_one`` over ``tasks`` in ``workers`` processes forked from this one: they start
     at once with what this process has loaded (torch, compiled kernels) instead of importing
@@ -317,7 +331,8 @@ def _forked_results(kind: str, tasks: List[Task], process, workers: int, parts: 
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_die_with_parent, initargs=(os.getpid(),))
     try:
         futures = [pool.submit(_run_one, kind, process, t, str(parts)) for t in tasks]
         for future in as_completed(futures):
