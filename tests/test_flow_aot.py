@@ -1,7 +1,7 @@
 """The CPU kernels compiled ahead of time (tsn_pipeline.flow.aot): cache key, fallback to the
 uncompiled solver with a warning when the cache is damaged and nothing can be compiled, and
 (with TSN_TEST_COMPILE=1, or kernels already in this machine's cache) equal bytes from one
-process and from forked worker processes."""
+process and from worker processes."""
 from __future__ import annotations
 
 import dataclasses
@@ -93,7 +93,7 @@ def _kernels_ready() -> bool:
 @pytest.mark.skipif(not _kernels_ready(), reason="compiling the CPU kernels takes ~2 min; set "
                     "TSN_TEST_COMPILE=1 (or run `tsn flow` once on this machine)")
 def test_compiled_workers_give_the_bytes_of_one_process(cli_runner, tmp_path, gray):
-    """Default settings compiled: forked workers (--workers 2) store the very bytes of one
+    """Default settings compiled: worker processes (--workers 2) store the very bytes of one
     process, and the compiled kernels agree with the eager solver up to float rounding."""
     import h5py
 

@@ -288,7 +288,7 @@ def _store_part(kind: str, parts: str, record: store.VideoRecord):
 
 
 def _iter_results(kind: str, tasks: List[Task], process, batch_process, workers: int,
-                  parts: Path, fork: bool = False):
+                  parts: Path):
     if batch_process is not None:
         for task, result in batch_process(tasks):
             if isinstance(result, VideoFailure):
@@ -300,45 +300,12 @@ def _iter_results(kind: str, tasks: List[Task], process, batch_process, workers:
     elif workers <= 1 or len(tasks) <= 1:
         for task in tasks:
             yield _run_one(kind, process, task, str(parts))
-    elif fork:
-        yield from _forked_results(kind, tasks, process, workers, parts)
     else:
         from joblib import Parallel, delayed
 
         parallel = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered",
                             batch_size=1, pre_dispatch="2*n_jobs")
         yield from parallel(delayed(_run_one)(kind, process, t, str(parts)) for t in tasks)
-
-
-def _die_with_parent(parent: int) -> None:
-    """In a forked worker: end when the main process dies (Linux), as loky's workers do;
-    otherwise a worker of a killed run would wait on its task queue for ever."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:              # it died before prctl took effect
-        os._exit(1)
-
-
-def _forked_results(kind: str, tasks: List[Task], process, workers: int, parts: Path):
-    """``_run_one`` over ``tasks`` in ``workers`` processes forked from this one: they start
-    at once with what this process has loaded (torch, compiled kernels) instead of importing
-    it all again. A worker that dies ends the run (BrokenProcessPool), as with loky."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                               initializer=_die_with_parent, initargs=(os.getpid(),))
-    try:
-        futures = [pool.submit(_run_one, kind, process, t, str(parts)) for t in tasks]
-        for future in as_completed(futures):
-            yield future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # -- the runner ---------------------------------------------------------------------------
@@ -395,17 +362,12 @@ def _read_shard_root(path: Path) -> Tuple[Dict[str, Any], List[str]]:
 
 
 def run_stage(*, process: Callable[[Task], store.VideoRecord], workers: int = 1,
-              fork: bool = False, **shard: Any) -> Summary:
+              **shard: Any) -> Summary:
     """Make one shard (``shard``: the keyword arguments of ``_run``) with
     ``process(task) -> VideoRecord`` in ``workers`` processes (it and its arguments must
     pickle: a module-level function or ``functools.partial`` of one). Decode, CPU flow and
-    rawframes import use it. The workers are fresh interpreters (loky), or with ``fork``
-    (where the system has it) copies of this process: the caller must not have started
-    threads that the workers need (OpenMP's pool among them)."""
-    import multiprocessing
-
-    fork = fork and "fork" in multiprocessing.get_all_start_methods()
-    return _run(process=process, batch_process=None, workers=workers, fork=fork, **shard)
+    rawframes import use it."""
+    return _run(process=process, batch_process=None, workers=workers, **shard)
 
 
 def run_batched_stage(*, batch_process: Callable[[List[Task]], Iterator[Tuple[Task, Any]]],
@@ -420,8 +382,8 @@ def _run(*, kind: str, out_dir, shard_index: int, num_shards: int,
          config: Mapping[str, Any], tasks: Sequence[Task],
          process: Optional[Callable[[Task], store.VideoRecord]],
          batch_process: Optional[Callable[[List[Task]], Iterator[Tuple[Task, Any]]]],
-         workers: int = 1, fork: bool = False, overwrite: bool = False,
-         retry_failed: bool = False, progress: bool = True, root_extra: Optional[Mapping[str, Any]] = None,
+         workers: int = 1, overwrite: bool = False, retry_failed: bool = False,
+         progress: bool = True, root_extra: Optional[Mapping[str, Any]] = None,
          initial_failures: Sequence[Dict[str, str]] = ()) -> Summary:
     """Make shard ``shard_index`` of ``num_shards`` of ``kind`` in ``out_dir`` from ``tasks``
     (one of ``process`` / ``batch_process``; see ``run_stage`` and ``run_batched_stage``).
@@ -477,8 +439,7 @@ def _run(*, kind: str, out_dir, shard_index: int, num_shards: int,
         sources = {t.video_id: t.source for t in tasks}
         bar = progress_bar(len(tasks), summary.resumed, f"{kind} {shard_index}/{num_shards}", progress)
         try:
-            results = _iter_results(kind, todo, process, batch_process, workers, parts, fork)
-            for status, vid, info in results:
+            for status, vid, info in _iter_results(kind, todo, process, batch_process, workers, parts):
                 if status == "fatal":
                     raise StageError(info)
                 if status == "failed":

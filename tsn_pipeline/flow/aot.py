@@ -10,7 +10,7 @@ width) and compiled by AOTInductor into a package per settings; a process loads 
 instruction-set flags, the solver's source and the settings baked into the kernels
 (lambda*theta, theta, tau/theta, the warp's interpolation), so a change of any of them
 compiles anew and nothing stale is loaded. The first process to need a package compiles it
-(~1-2 min) under a file lock; the others wait and load it. A package that does not load
+(~1-3 min) under a file lock; the others wait and load it. A package that does not load
 (damaged) is compiled again, with a warning; where nothing can be compiled (no C++ compiler)
 ``cpu_kernels`` returns None, with a warning, and the solver runs uncompiled.
 """
@@ -139,11 +139,16 @@ def cpu_kernels(params) -> Optional[CpuKernels]:
     compiled here; the caller then runs the functions eagerly."""
     from .tvl1_torch import compile_cache_dir
 
-    key = package_key(params)
+    try:
+        key = package_key(params)
+    except Exception as exc:      # no source to hash (a frozen install): never compiled
+        key = f"unkeyed {exc}"
     if key in _LOADED or key in _FAILED:
         return _LOADED.get(key)
     folder = Path(compile_cache_dir()) / "aoti" / key
     try:
+        if key.startswith("unkeyed"):
+            raise RuntimeError(f"cannot key the kernel cache ({key[8:]})")
         folder.parent.mkdir(parents=True, exist_ok=True)
         with open(folder.parent / f"{key}.lock", "a") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)     # one process compiles, others wait
@@ -156,13 +161,13 @@ def cpu_kernels(params) -> Optional[CpuKernels]:
                                 "them again", folder, type(exc).__name__, exc)
             if kernels is None:
                 log.warning("compiling the TV-L1 kernels for this machine into %s (once; "
-                            "~1-2 min)", folder)
+                            "~1-3 min)", folder)
                 _build(folder, params)
                 kernels = CpuKernels(folder, params)
     except Exception as exc:
         _FAILED[key] = f"{type(exc).__name__}: {exc}"
         log.warning("cannot compile the TV-L1 kernels (%s); running the solver uncompiled "
-                    "(~4x slower)", _FAILED[key])
+                    "(2-4x slower)", _FAILED[key])
         log.debug("TV-L1 kernel compilation failed", exc_info=True)
         return None
     _LOADED[key] = kernels

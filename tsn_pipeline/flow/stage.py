@@ -13,9 +13,9 @@ width, fps, label, class_name, split, kinds, encoding, bound, backend.
 
 On CPU every backend runs one video per worker process with one thread each (OpenCV's and
 torch's intra-op threads), so ``--workers`` scales over cores; the torch backend runs a video's
-pairs ``batch_size`` at a time. The workers are forked from the main process, which has loaded
-the compiled TV-L1 kernels (``flow.aot``: compiled once per machine, kept on disk) first, so a
-worker starts in milliseconds instead of importing torch and loading kernels itself. On a CUDA device the torch backend runs in the main process
+pairs ``batch_size`` at a time, with the compiled TV-L1 kernels (``flow.aot``: compiled once
+per machine, by the main process when missing, kept on disk) that each worker loads in well
+under a second. On a CUDA device the torch backend runs in the main process
 and batches pairs from several videos on the device (``batch_size`` pairs of one frame size at
 a time); JPEG work runs on threads there.
 """
@@ -336,7 +336,7 @@ def run_flow(frames: store.ShardSet, out_dir, cfg: FlowConfig, shard_index: int 
     """Make flow shard ``shard_index`` of ``num_shards`` from the frame shard set ``frames``."""
     cpu = not str(device).startswith("cuda")
     if compile and cpu and cfg.backend == "torch":
-        # load (or compile, once per machine) the CPU kernels here: the forked workers have them
+        # compile the CPU kernels here if this machine has none yet: the workers load them
         from .aot import cpu_kernels
 
         compile = cpu_kernels(cfg.tvl1) is not None
@@ -357,13 +357,13 @@ def run_flow(frames: store.ShardSet, out_dir, cfg: FlowConfig, shard_index: int 
                 **common)
         if cfg.backend != "torch":
             process = functools.partial(process_video, cfg=cfg, batch_size=batch_size)
-            return batch.run_stage(process=process, workers=workers, fork=cpu, **common)
+            return batch.run_stage(process=process, workers=workers, **common)
         import torch
 
         process = functools.partial(process_video, cfg=cfg, compile=compile, batch_size=batch_size)
         threads = torch.get_num_threads()   # process_video sets one thread where it runs in this
         try:                                # process (one worker, or one video): restore it after
-            return batch.run_stage(process=process, workers=workers, fork=cpu, **common)
+            return batch.run_stage(process=process, workers=workers, **common)
         finally:
             torch.set_num_threads(threads)
     finally:
