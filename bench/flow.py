@@ -6,8 +6,8 @@ CPU (default):
      runs on the same frame shard, N = every usable core; goal >= 3.0x. Frames: one video per
      clip, 30 pairs each (``--cli-pairs``) at 340x256. The compile cost is paid once per
      machine (kernels cached on disk): a warm-up run on a tiny shard pays or loads it first
-     and is reported apart; each timed run still loads the cached kernels (in its main
-     process, whose forked workers share them). ``--cold-compile`` also times that warm-up
+     and is reported apart; each timed run's workers still load the cached kernels (well
+     under a second each). ``--cold-compile`` also times that warm-up
      with an empty cache, then again. ``startup`` breaks a worker's start-up down (imports,
      kernel loading, torch.compile's tracing for comparison).
   A. `tsn flow --backend opencv --workers W` (a real CLI run on a frame shard, I/O included)
@@ -261,9 +261,9 @@ def bench_cli(pairs_per_video: int, folder: Path, cold_compile: bool) -> dict:
     out["cpu_time_ratio"] = out["opencv_cpu_s"] / out["torch_cpu_s"]
     out["goal"] = ">= 3.0 (tsn flow defaults vs OpenCV TV-L1 in as many processes)"
     out["note"] = ("both times include interpreter start, imports, worker start-up, JPEG "
-                   "decode/encode and the shard write; the torch run's main process loads the "
-                   "AOT-compiled kernels from the disk cache (compiled once per machine: "
-                   "warmup_run_s) and forks its workers; settings are each backend's "
+                   "decode/encode and the shard write; the torch run's worker processes load "
+                   "the AOT-compiled kernels from the disk cache (compiled once per machine: "
+                   "warmup_run_s); settings are each backend's "
                    "defaults (OpenCV CPU: its 5x5 median filter, a test every iteration); "
                    "speedup is the wall-time ratio, cpu_time_ratio the ratio of CPU seconds "
                    "of each run and its workers (less changed by other jobs on the machine)")
