@@ -45,7 +45,8 @@ def _device(ctx, param, value):
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Frame pairs per torch batch, across videos [default: 128 on CUDA, 8 on CPU].")
 @click.option("--compile/--no-compile", default=True, show_default=True,
-              help="torch.compile the TV-L1 loop (needs a C++ compiler on CPU; ~1 min once).")
+              help="Compile the TV-L1 loop (needs a C++ compiler on CPU; ~1-3 min once per "
+                   "machine, kept in ~/.cache/tsn-pipeline).")
 @click.option("--tau", type=float, default=None, help="TV-L1 time step [0.25].")
 @click.option("--lambda", "lambda_", type=float, default=None, help="TV-L1 data weight [0.15].")
 @click.option("--theta", type=float, default=None, help="TV-L1 coupling [0.3].")

@@ -13,7 +13,9 @@ width, fps, label, class_name, split, kinds, encoding, bound, backend.
 
 On CPU every backend runs one video per worker process with one thread each (OpenCV's and
 torch's intra-op threads), so ``--workers`` scales over cores; the torch backend runs a video's
-pairs ``batch_size`` at a time. On a CUDA device the torch backend runs in the main process
+pairs ``batch_size`` at a time, with the compiled TV-L1 kernels (``flow.aot``: compiled once
+per machine, by the main process when missing, kept on disk) that each worker loads in well
+under a second. On a CUDA device the torch backend runs in the main process
 and batches pairs from several videos on the device (``batch_size`` pairs of one frame size at
 a time); JPEG work runs on threads there.
 """
@@ -332,6 +334,12 @@ def run_flow(frames: store.ShardSet, out_dir, cfg: FlowConfig, shard_index: int 
              batch_size: int = 64, workers: int = 1, overwrite: bool = False,
              retry_failed: bool = False, progress: bool = True) -> batch.Summary:
     """Make flow shard ``shard_index`` of ``num_shards`` from the frame shard set ``frames``."""
+    cpu = not str(device).startswith("cuda")
+    if compile and cpu and cfg.backend == "torch":
+        # compile the CPU kernels here if this machine has none yet: the workers load them
+        from .aot import cpu_kernels
+
+        compile = cpu_kernels(cfg.tvl1) is not None
     root = next(iter(frames.root.values()), {})
     extra = {"frames_config": store._attr_value(root.get("config") or {}),
              "runtime": store._attr_value({"device": device, "compile": bool(compile),
@@ -343,15 +351,16 @@ def run_flow(frames: store.ShardSet, out_dir, cfg: FlowConfig, shard_index: int 
         common = dict(kind="flow", out_dir=out_dir, shard_index=shard_index, num_shards=num_shards,
                       config=cfg.to_dict(), tasks=tasks, overwrite=overwrite,
                       retry_failed=retry_failed, progress=progress, root_extra=extra)
-        if cfg.backend == "torch" and str(device).startswith("cuda"):
+        if cfg.backend == "torch" and not cpu:
             return batch.run_batched_stage(batch_process=functools.partial(
                 batch_videos, cfg=cfg, device=device, compile=compile, batch_size=batch_size),
                 **common)
-        process = functools.partial(process_video, cfg=cfg, compile=compile, batch_size=batch_size)
         if cfg.backend != "torch":
+            process = functools.partial(process_video, cfg=cfg, batch_size=batch_size)
             return batch.run_stage(process=process, workers=workers, **common)
         import torch
 
+        process = functools.partial(process_video, cfg=cfg, compile=compile, batch_size=batch_size)
         threads = torch.get_num_threads()   # process_video sets one thread where it runs in this
         try:                                # process (one worker, or one video): restore it after
             return batch.run_stage(process=process, workers=workers, **common)

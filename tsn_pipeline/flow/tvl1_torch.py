@@ -35,9 +35,11 @@ Where OpenCV's CPU and CUDA implementations differ, ``TVL1Params`` exposes the c
   skip about error/epsilon iterations before measuring again); ``k > 0`` measures every k
   iterations (1 = OpenCV CPU, which tests after every iteration).
 
-The per-iteration update is one pure function, ``tvl1_step``; ``compile=True`` runs it through
-``torch.compile`` (on CPU Inductor fuses it into one C++ loop, on CUDA into Triton kernels),
-which is what makes it fast. Eager mode gives the same result up to float rounding.
+The per-iteration update is one pure function, ``tvl1_step``; ``compile=True`` compiles it and
+the warp's ``warp_terms``: on CUDA through ``torch.compile`` (Triton kernels), on CPU ahead of
+time into C++ loops kept on disk (``flow.aot``: compiled once per machine, loaded by a new
+process in well under a second). That is what makes it fast. Eager mode gives the same result
+up to float rounding.
 """
 from __future__ import annotations
 
@@ -309,6 +311,14 @@ def tvl1_steps(u1, u2, p11, p12, p21, p22, I1wx, I1wy, grad, rho_c,
     return (*state, err)
 
 
+def _steps_with(step, *args):
+    """``tvl1_steps`` with another ``step`` function (the CPU's compiled one)."""
+    state, rest = args[:6], args[6:]
+    for _ in range(UNROLL):
+        *state, err = step(*state, *rest)
+    return (*state, err)
+
+
 def warp_terms(stack, i0, u1, u2, interp: str):
     """OpenCV's warpBackward: warp (I1, I1x, I1y) = ``stack (N,3,H,W)`` by u and return the
     constant terms of the linearised data term: I1wx, I1wy, |grad I1w|^2 and
@@ -324,11 +334,12 @@ _COMPILED = {}
 
 
 def compile_cache_dir() -> str:
-    """Where torch.compile keeps the compiled TV-L1 kernels: ``TORCHINDUCTOR_CACHE_DIR`` when
-    set, else ``$XDG_CACHE_HOME/tsn-pipeline/inductor`` (``~/.cache/...``). Inductor's
-    FX-graph and AOT caches there let every later process (a worker, the next shard, an array
-    task on another node sharing the home folder) load the kernels instead of compiling them
-    again; torch's own default is a folder under /tmp, often per node and wiped."""
+    """Where the compiled TV-L1 kernels are kept: ``TORCHINDUCTOR_CACHE_DIR`` when set, else
+    ``$XDG_CACHE_HOME/tsn-pipeline/inductor`` (``~/.cache/...``): the CPU packages of
+    ``flow.aot`` (under ``aoti/``) and torch.compile's caches (CUDA). Every later process (a
+    worker, the next shard, an array task on another node sharing the home folder) loads the
+    kernels instead of compiling them again; torch's own default is a folder under /tmp,
+    often per node and wiped."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(base, "tsn-pipeline",
                                                                      "inductor")
@@ -348,6 +359,12 @@ def _compiled(name: str, fn, compile: bool):
     return cfn
 
 
+def step_constants(params: TVL1Params) -> Tuple[float, float, float]:
+    """The float arguments (l_t, theta, taut) of ``tvl1_step`` for ``params``."""
+    return (float(params.lambda_ * params.theta), float(params.theta),
+            float(params.tau / params.theta))
+
+
 # -- the solver -------------------------------------------------------------------------------
 def _solve_warp(state, I1wx, I1wy, grad, rho_c, params: TVL1Params, eps_area: float,
                 step, steps_k, unroll: int, stats: Optional[Dict]):
@@ -360,9 +377,7 @@ def _solve_warp(state, I1wx, I1wy, grad, rho_c, params: TVL1Params, eps_area: fl
     """
     import torch
 
-    l_t = float(params.lambda_ * params.theta)
-    taut = float(params.tau / params.theta)
-    theta = float(params.theta)
+    l_t, theta, taut = step_constants(params)
     n_pairs = state[0].shape[0]
     active = torch.arange(n_pairs, device=state[0].device)
     cur = list(state)
@@ -458,13 +473,23 @@ def tvl1(prev, nxt, params: TVL1Params = TVL1Params(), device=None, compile: boo
     n, h, w = I0.shape
     if n == 0:
         return torch.zeros((0, 2, h, w), device=I0.device)
-    step = _compiled("step", tvl1_step, compile)
     if unroll is None:
         unroll = UNROLL if I0.device.type == "cuda" else 1
     if unroll not in (1, UNROLL):
         raise ValueError(f"unroll={unroll}: use 1 or {UNROLL}")
-    steps_k = _compiled("steps", tvl1_steps, compile) if unroll > 1 else None
-    terms = _compiled("warp", warp_terms, compile)
+    kernels = None
+    if compile and I0.device.type == "cpu":
+        from .aot import cpu_kernels
+
+        kernels = cpu_kernels(params)     # None: cannot compile here (warned): eager
+    if kernels is not None:               # CPU: ahead-of-time compiled, loaded from disk
+        step, terms = kernels.step, kernels.terms
+        steps_k = functools.partial(_steps_with, step)
+    else:
+        compile = compile and I0.device.type != "cpu"
+        step = _compiled("step", tvl1_step, compile)
+        steps_k = _compiled("steps", tvl1_steps, compile) if unroll > 1 else None
+        terms = _compiled("warp", warp_terms, compile)
     sizes = pyramid_sizes(h, w, params)
     I0s, I1s = [I0], [I1]
     for s in range(1, len(sizes)):
