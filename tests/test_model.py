@@ -214,6 +214,13 @@ def test_load_checkpoint_roundtrip(tmp_path):
     assert cl2.base.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert not any(t.is_meta for t in cl2.state_dict().values())
     torch.testing.assert_close(cl2(x), m(x))
+    # weights stored in float16 load into the float32 model, as into a built one
+    half = torch.load(tmp_path / "c.pt", weights_only=True)
+    half["model"] = {k: v.half() if v.is_floating_point() else v for k, v in half["model"].items()}
+    torch.save(half, tmp_path / "half.pt")
+    h = load_checkpoint(tmp_path / "half.pt")[0]
+    assert all(t.dtype == torch.float32 for t in h.parameters())
+    torch.testing.assert_close(h(x), m(x), atol=2e-2, rtol=2e-2)
     torch.save({"model": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a tsn-pipeline checkpoint"):
         load_checkpoint(tmp_path / "other.pt")

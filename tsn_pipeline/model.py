@@ -489,8 +489,13 @@ def load_weights(model: "TSN", weights, name: Optional[str] = None) -> Dict[str,
     state = read_weights(weights) if isinstance(weights, (str, os.PathLike)) else dict(weights)
     if any(k.startswith("base.") for k in state):
         check_keys(model.state_dict(), state, what, f"a {cfg.arch} {cfg.modality} TSN")
-        # a model built on the meta device (no random init) takes the tensors themselves
-        model.load_state_dict(state, strict=True, assign=model.fc.weight.is_meta)
+        # a model built on the meta device (no random init) takes the tensors themselves, in
+        # its own dtypes (as copying into built parameters would give: a float16 file too)
+        meta = model.fc.weight.is_meta
+        if meta:
+            own = model.state_dict()
+            state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+        model.load_state_dict(state, strict=True, assign=meta)
         return {"weights": what, "tensors": len(state), "cross_modality_init": False}
     backbone = model.base
     state = {k: v for k, v in state.items() if not k.startswith(backbone.classifier_prefix)}
