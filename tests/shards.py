@@ -165,3 +165,16 @@ def make_flow_shards(out: Path, rows, kinds=("tvl1",)):
         progress=False)
     assert summary.failed == 0
     return out
+
+
+def write_frames(out: Path, videos: dict, index: int = 0, count: int = 1) -> Path:
+    """Frame shard ``index`` of ``count`` as `tsn decode` lays it out, PNG so pixels are exact."""
+    records = {v: frame_record(v, frames, label=i, class_name=f"c{i}", split="train")
+               for i, (v, frames) in enumerate(sorted(videos.items()))}
+    write_shards(out, "frames", records, count, config={"size": None}, classes=["c0", "c1"],
+                 indices=[index])
+    return out / store.shard_name("frames", index, count)
+
+
+def summaries(output: str):
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]

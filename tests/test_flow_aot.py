@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import textured_frames
+from shards import summaries, write_frames
 from tsn_pipeline import store
 from tsn_pipeline.flow import aot
 from tsn_pipeline.flow.tvl1_torch import TVL1Params, tvl1
@@ -65,9 +66,41 @@ def test_damaged_cache_without_a_compiler_falls_back_with_warnings(fresh_cache, 
     assert flow.tobytes() == eager.tobytes()
 
 
+def test_built_kernels_load_without_the_lock_and_unloadable_builds_are_not_redone(
+        fresh_cache, monkeypatch, caplog):
+    """Kernels already in the cache load without creating the lock file (a read-only or
+    shared cache serves); a freshly built package that does not load is remembered, so that
+    later runs fall back at once instead of compiling for minutes every time."""
+    params = TVL1Params(nscales=2, warps=2)
+    folder = aot.package_dir(params)
+    builds = []
+
+    def garbage_build(folder, params):
+        builds.append(1)
+        folder.mkdir(parents=True)
+        for name in aot.NAMES:
+            (folder / f"{name}.pt2").write_bytes(b"not a package")
+
+    monkeypatch.setattr(aot, "_build", garbage_build)
+    with caplog.at_level(logging.WARNING):
+        assert aot.cpu_kernels(params) is None
+        monkeypatch.setattr(aot, "_FAILED", {})          # a later run (a new process)
+        assert aot.cpu_kernels(params) is None
+    assert len(builds) == 1 and "remove" in caplog.text and ".unloadable" in caplog.text
+
+    class Loaded:                                       # stands for a package that loads
+        def __init__(self, folder, params):
+            self.folder = folder
+
+    monkeypatch.setattr(aot, "CpuKernels", Loaded)
+    monkeypatch.setattr(aot, "_FAILED", {})
+    lock = folder.parent / f"{aot.package_key(params)}.lock"
+    lock.unlink()
+    assert aot.cpu_kernels(params).folder == folder and not lock.exists()
+
+
 def test_flow_command_without_kernels_runs_uncompiled(fresh_cache, monkeypatch, cli_runner,
                                                       tmp_path):
-    from test_flow_command import FAST, summaries, write_frames
 
     def no_compiler(folder, params):
         raise RuntimeError("no C++ compiler")
@@ -75,7 +108,7 @@ def test_flow_command_without_kernels_runs_uncompiled(fresh_cache, monkeypatch, 
     monkeypatch.setattr(aot, "_build", no_compiler)
     frames = write_frames(tmp_path / "frames", {"a": textured_frames(3, 40, 56, seed=1),
                                                 "b": textured_frames(3, 40, 56, seed=2)})
-    args = [a for a in FAST if a != "--no-compile"]
+    args = ["--no-progress", "--nscales", "3", "--warps", "3", "--workers", "1"]
     r = cli_runner("flow", frames, "--out", tmp_path / "flow", "--backend", "torch", *args,
                    "--workers", "2")
     assert r.exit_code == 0, r.output
@@ -97,7 +130,6 @@ def test_compiled_workers_give_the_bytes_of_one_process(cli_runner, tmp_path, gr
     process, and the compiled kernels agree with the eager solver up to float rounding."""
     import h5py
 
-    from test_flow_command import summaries, write_frames
 
     frames = write_frames(tmp_path / "frames", {f"v{i}": textured_frames(4, 40, 56, seed=i)
                                                 for i in range(3)})

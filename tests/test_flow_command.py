@@ -3,13 +3,12 @@ backends, encodings, step, failures, resume, shard selection, backend selection.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import CLIPS, textured_frames
-from shards import flip_byte, frame_record, payload_offset, write_shards
+from shards import flip_byte, payload_offset, summaries, write_frames
 from tsn_pipeline import store
 from tsn_pipeline.flow import read_flow, resolve_backend
 from tsn_pipeline.flow.opencv import BackendUnavailable, cuda_device_count
@@ -17,19 +16,6 @@ from tsn_pipeline.flow.opencv import BackendUnavailable, cuda_device_count
 # one process: spawning workers that import torch costs seconds per test on a 2-core box; the
 # worker-process path is tested on its own (test_worker_processes_give_the_same_bytes)
 FAST = ["--no-progress", "--no-compile", "--nscales", "3", "--warps", "3", "--workers", "1"]
-
-
-def write_frames(out: Path, videos: dict, index: int = 0, count: int = 1) -> Path:
-    """Frame shard ``index`` of ``count`` as `tsn decode` lays it out, PNG so pixels are exact."""
-    records = {v: frame_record(v, frames, label=i, class_name=f"c{i}", split="train")
-               for i, (v, frames) in enumerate(sorted(videos.items()))}
-    write_shards(out, "frames", records, count, config={"size": None}, classes=["c0", "c1"],
-                 indices=[index])
-    return out / store.shard_name("frames", index, count)
-
-
-def summaries(output: str):
-    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
 
 
 @pytest.fixture

@@ -29,6 +29,9 @@ from typing import Dict, Optional
 log = logging.getLogger(__name__)
 
 NAMES = ("step", "warp")
+# Inductor bakes the compiling process's thread count into CPU kernels (an OpenMP clause);
+# the kernels are built single-threaded, as each flow worker process runs on one core
+THREADS = 1
 _LOADED: Dict[str, "CpuKernels"] = {}
 _FAILED: Dict[str, str] = {}
 
@@ -53,7 +56,7 @@ def package_key(params) -> str:
     src = "".join(inspect.getsource(f) for f in (T.tvl1_step, T.warp_terms, T.warp_bicubic,
                                                   T._cubic_weights))
     parts = [torch.__version__, platform.machine(), _cpu_flags(), src,
-             repr(T.step_constants(params)), params.interp]
+             repr(T.step_constants(params)), params.interp, f"cpp.threads={THREADS}"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
@@ -123,7 +126,7 @@ def _build(folder: Path, params) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch._inductor.config.patch({"cpp.threads": THREADS}):
             for name, (model, args, dims) in models.items():
                 ep = torch.export.export(model, args, dynamic_shapes=dims)
                 torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp / f"{name}.pt2"))
@@ -146,24 +149,43 @@ def cpu_kernels(params) -> Optional[CpuKernels]:
     if key in _LOADED or key in _FAILED:
         return _LOADED.get(key)
     folder = Path(compile_cache_dir()) / "aoti" / key
+    unloadable = folder.parent / f"{key}.unloadable"
+
+    def built():
+        return all((folder / f"{n}.pt2").is_file() for n in NAMES)
+
     try:
         if key.startswith("unkeyed"):
             raise RuntimeError(f"cannot key the kernel cache ({key[8:]})")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with open(folder.parent / f"{key}.lock", "a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)     # one process compiles, others wait
-            kernels = None
-            if all((folder / f"{n}.pt2").is_file() for n in NAMES):
-                try:
-                    kernels = CpuKernels(folder, params)
-                except Exception as exc:
-                    log.warning("compiled TV-L1 kernels in %s do not load (%s: %s); compiling "
-                                "them again", folder, type(exc).__name__, exc)
-            if kernels is None:
-                log.warning("compiling the TV-L1 kernels for this machine into %s (once; "
-                            "~1-3 min)", folder)
-                _build(folder, params)
+        kernels = None
+        if built():        # no lock to load: a read-only or shared cache serves as it is
+            try:
                 kernels = CpuKernels(folder, params)
+            except Exception:
+                pass       # damaged, or being replaced: looked at again under the lock
+        if kernels is None:
+            if unloadable.is_file():
+                raise RuntimeError(f"kernels compiled here did not load before ("
+                                   f"{unloadable.read_text().strip()}); remove {unloadable} "
+                                   "to try again")
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            with open(folder.parent / f"{key}.lock", "a") as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)   # one process compiles, others wait
+                if built():
+                    try:
+                        kernels = CpuKernels(folder, params)
+                    except Exception as exc:
+                        log.warning("compiled TV-L1 kernels in %s do not load (%s: %s); "
+                                    "compiling them again", folder, type(exc).__name__, exc)
+                if kernels is None:
+                    log.warning("compiling the TV-L1 kernels for this machine into %s (once; "
+                                "~1-3 min)", folder)
+                    _build(folder, params)
+                    try:
+                        kernels = CpuKernels(folder, params)
+                    except Exception as exc:   # not damage: never rebuild it on every run
+                        unloadable.write_text(f"{type(exc).__name__}: {exc}\n")
+                        raise
     except Exception as exc:
         _FAILED[key] = f"{type(exc).__name__}: {exc}"
         log.warning("cannot compile the TV-L1 kernels (%s); running the solver uncompiled "
