@@ -289,9 +289,10 @@ def _store_part(kind: str, parts: str, record: store.VideoRecord):
 
 def _iter_threaded(kind: str, tasks: List[Task], process, workers: int, parts: str):
     """``_run_one`` of each task in ``workers`` threads of this process, results in the order
-    they finish. The threads are daemons and stop taking tasks when the caller stops
-    iterating (an error, Ctrl-C): a video in flight then stores no part, and the process
-    can exit without waiting for it (its ffmpeg ends on the closed pipe)."""
+    they finish. The threads stop taking tasks when the caller stops iterating (an error,
+    Ctrl-C: the caller closes this generator): a video in flight then stores no part, and
+    the generator waits for the threads to end, so that none is left inside h5py or OpenCV
+    while the interpreter exits (it deadlocked or crashed there)."""
     import queue
     import threading
 
@@ -332,6 +333,8 @@ def _iter_threaded(kind: str, tasks: List[Task], process, workers: int, parts: s
                 yield item
     finally:
         stop.set()
+        for thread in threads:
+            thread.join()
 
 
 def _iter_results(kind: str, tasks: List[Task], process, batch_process, workers: int,
@@ -493,8 +496,8 @@ def _run(*, kind: str, out_dir, shard_index: int, num_shards: int,
         failures = list(initial_failures)
         sources = {t.video_id: t.source for t in tasks}
         bar = progress_bar(len(tasks), summary.resumed, f"{kind} {shard_index}/{num_shards}", progress)
+        results = _iter_results(kind, todo, process, batch_process, workers, parts, threads)
         try:
-            results = _iter_results(kind, todo, process, batch_process, workers, parts, threads)
             for status, vid, info in results:
                 if status == "fatal":
                     raise StageError(info)
@@ -503,6 +506,7 @@ def _run(*, kind: str, out_dir, shard_index: int, num_shards: int,
                     failures.append({"video_id": vid, "source": sources.get(vid, ""), "reason": info})
                 bar.update(1)
         finally:
+            results.close()          # workers stopped (and threads ended) before going on
             bar.render_finish()
         failures.sort(key=lambda d: d["video_id"])
         ok_ids = sorted(wanted & _done_parts(parts))
