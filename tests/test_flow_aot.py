@@ -115,6 +115,13 @@ def test_flow_command_without_kernels_runs_uncompiled(fresh_cache, monkeypatch, 
     assert summaries(r.output)[0]["ok"] == 2
     shards = store.open_shards(tmp_path / "flow", kind="flow")
     assert shards.root[shards.paths[0]]["runtime"]["compile"] is False
+    # a finished shard is only reported: nothing is compiled for it (minutes on a new machine)
+    builds = []
+    monkeypatch.setattr(aot, "_FAILED", {})
+    monkeypatch.setattr(aot, "_build", lambda folder, params: builds.append(folder))
+    r = cli_runner("flow", frames, "--out", tmp_path / "flow", "--backend", "torch", *args)
+    assert r.exit_code == 0 and summaries(r.output)[0]["status"] == "complete", r.output
+    assert builds == []
 
 
 def _kernels_ready() -> bool:

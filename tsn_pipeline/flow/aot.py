@@ -170,7 +170,12 @@ def cpu_kernels(params) -> Optional[CpuKernels]:
                                    "to try again")
             folder.parent.mkdir(parents=True, exist_ok=True)
             with open(folder.parent / f"{key}.lock", "a") as lock:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)   # one process compiles, others wait
+                try:                                  # one process compiles, others wait
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    log.warning("another process is compiling the TV-L1 kernels into %s; "
+                                "waiting for it (once per machine, ~1-3 min)", folder)
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
                 if built():
                     try:
                         kernels = CpuKernels(folder, params)

@@ -25,6 +25,7 @@ import functools
 import logging
 import os
 from collections import OrderedDict
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
@@ -335,8 +336,12 @@ def run_flow(frames: store.ShardSet, out_dir, cfg: FlowConfig, shard_index: int 
              retry_failed: bool = False, progress: bool = True) -> batch.Summary:
     """Make flow shard ``shard_index`` of ``num_shards`` from the frame shard set ``frames``."""
     cpu = not str(device).startswith("cuda")
-    if compile and cpu and cfg.backend == "torch":
+    tasks = plan_flow(frames, shard_index, num_shards)     # missing frame shards: before all
+    final = Path(out_dir) / store.shard_name("flow", shard_index, num_shards)
+    if compile and cpu and cfg.backend == "torch" and (overwrite or retry_failed
+                                                       or not final.exists()):
         # compile the CPU kernels here if this machine has none yet: the workers load them
+        # (not for a finished shard, which the runner only reports or refuses)
         from .aot import cpu_kernels
 
         compile = cpu_kernels(cfg.tvl1) is not None
@@ -347,7 +352,6 @@ def run_flow(frames: store.ShardSet, out_dir, cfg: FlowConfig, shard_index: int 
     if "classes" in root:
         extra["classes"] = store._attr_value(list(root["classes"]))
     try:
-        tasks = plan_flow(frames, shard_index, num_shards)
         common = dict(kind="flow", out_dir=out_dir, shard_index=shard_index, num_shards=num_shards,
                       config=cfg.to_dict(), tasks=tasks, overwrite=overwrite,
                       retry_failed=retry_failed, progress=progress, root_extra=extra)
