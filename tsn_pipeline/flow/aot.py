@@ -9,10 +9,12 @@ width) and compiled by AOTInductor into a package per settings; a process loads 
 ``compile_cache_dir()/aoti/<key>``, where the key covers torch's version, the CPU's
 instruction-set flags, the solver's source and the settings baked into the kernels
 (lambda*theta, theta, tau/theta, the warp's interpolation), so a change of any of them
-compiles anew and nothing stale is loaded. The first process to need a package compiles it
-(~1-3 min) under a file lock; the others wait and load it. A package that does not load
-(damaged) is compiled again, with a warning; where nothing can be compiled (no C++ compiler)
-``cpu_kernels`` returns None, with a warning, and the solver runs uncompiled.
+compiles anew and nothing stale is loaded. Loading takes no lock (a read-only cache serves);
+the first process to need a package compiles it (~1-3 min) under a file lock, and the others
+wait and load it. A package that does not load (damaged) is compiled again, with a warning;
+a freshly compiled one that does not load is remembered (``<key>.unloadable``) and not
+compiled again; where nothing can be compiled (no C++ compiler) ``cpu_kernels`` returns None,
+with a warning, and the solver runs uncompiled.
 """
 from __future__ import annotations
 
@@ -60,10 +62,11 @@ def package_key(params) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
-def package_dir(params) -> Path:
+def package_dir(params, key: Optional[str] = None) -> Path:
+    """Where the packages of ``params`` (of ``key``, when computed already) live."""
     from .tvl1_torch import compile_cache_dir
 
-    return Path(compile_cache_dir()) / "aoti" / package_key(params)
+    return Path(compile_cache_dir()) / "aoti" / (key or package_key(params))
 
 
 class CpuKernels:
@@ -136,61 +139,64 @@ def _build(folder: Path, params) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _load(folder: Path, params) -> Optional[CpuKernels]:
+    """The packages in ``folder``, or None when they are not there (raises if they do not
+    load)."""
+    if not all((folder / f"{n}.pt2").is_file() for n in NAMES):
+        return None
+    return CpuKernels(folder, params)
+
+
+def _load_or_build(folder: Path, key: str, params) -> CpuKernels:
+    try:               # no lock to load: a read-only or shared cache serves as it is
+        kernels = _load(folder, params)
+    except Exception:  # damaged, or being replaced: looked at again under the lock
+        kernels = None
+    if kernels is not None:
+        return kernels
+    unloadable = folder.parent / f"{key}.unloadable"
+    if unloadable.is_file():
+        raise RuntimeError(f"kernels compiled here did not load before ("
+                           f"{unloadable.read_text().strip()}); remove {unloadable} to try again")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{key}.lock", "a") as lock:
+        try:                                  # one process compiles, others wait
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another process is compiling the TV-L1 kernels into %s; waiting for "
+                        "it (once per machine, ~1-3 min)", folder)
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            kernels = _load(folder, params)
+        except Exception as exc:
+            log.warning("compiled TV-L1 kernels in %s do not load (%s: %s); compiling them "
+                        "again", folder, type(exc).__name__, exc)
+        if kernels is not None:
+            return kernels
+        log.warning("compiling the TV-L1 kernels for this machine into %s (once; ~1-3 min)",
+                    folder)
+        _build(folder, params)
+        try:
+            return CpuKernels(folder, params)
+        except Exception as exc:   # not damage: never rebuild it on every run
+            unloadable.write_text(f"{type(exc).__name__}: {exc}\n")
+            raise
+
+
 def cpu_kernels(params) -> Optional[CpuKernels]:
     """The compiled CPU kernels for ``params``: loaded from the disk cache, compiled into it
     first when missing or damaged. None (warned once per process) when they cannot be
     compiled here; the caller then runs the functions eagerly."""
-    from .tvl1_torch import compile_cache_dir
-
     try:
         key = package_key(params)
     except Exception as exc:      # no source to hash (a frozen install): never compiled
         key = f"unkeyed {exc}"
     if key in _LOADED or key in _FAILED:
         return _LOADED.get(key)
-    folder = Path(compile_cache_dir()) / "aoti" / key
-    unloadable = folder.parent / f"{key}.unloadable"
-
-    def built():
-        return all((folder / f"{n}.pt2").is_file() for n in NAMES)
-
     try:
         if key.startswith("unkeyed"):
             raise RuntimeError(f"cannot key the kernel cache ({key[8:]})")
-        kernels = None
-        if built():        # no lock to load: a read-only or shared cache serves as it is
-            try:
-                kernels = CpuKernels(folder, params)
-            except Exception:
-                pass       # damaged, or being replaced: looked at again under the lock
-        if kernels is None:
-            if unloadable.is_file():
-                raise RuntimeError(f"kernels compiled here did not load before ("
-                                   f"{unloadable.read_text().strip()}); remove {unloadable} "
-                                   "to try again")
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            with open(folder.parent / f"{key}.lock", "a") as lock:
-                try:                                  # one process compiles, others wait
-                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    log.warning("another process is compiling the TV-L1 kernels into %s; "
-                                "waiting for it (once per machine, ~1-3 min)", folder)
-                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-                if built():
-                    try:
-                        kernels = CpuKernels(folder, params)
-                    except Exception as exc:
-                        log.warning("compiled TV-L1 kernels in %s do not load (%s: %s); "
-                                    "compiling them again", folder, type(exc).__name__, exc)
-                if kernels is None:
-                    log.warning("compiling the TV-L1 kernels for this machine into %s (once; "
-                                "~1-3 min)", folder)
-                    _build(folder, params)
-                    try:
-                        kernels = CpuKernels(folder, params)
-                    except Exception as exc:   # not damage: never rebuild it on every run
-                        unloadable.write_text(f"{type(exc).__name__}: {exc}\n")
-                        raise
+        kernels = _load_or_build(package_dir(params, key), key, params)
     except Exception as exc:
         _FAILED[key] = f"{type(exc).__name__}: {exc}"
         log.warning("cannot compile the TV-L1 kernels (%s); running the solver uncompiled "
