@@ -13,10 +13,9 @@ $(BIN)/tsn: setup.cfg pyproject.toml
 
 install: $(BIN)/tsn
 
-# The whole suite (what CI runs). TSN_TEST_COMPILE=1: also test the torch.compile'd TV-L1 loop
-# (the CPU default; ~1 min compile the first time, then cached).
+# The whole suite (what CI runs)
 test: install
-	TSN_TEST_COMPILE=1 $(BIN)/python -m pytest --durations=10 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=10 $(PYTEST_ARGS)
 
 # While developing: everything but the end-to-end tests marked slow
 test-fast: install

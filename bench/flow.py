@@ -5,11 +5,12 @@ CPU (default):
      vs `tsn flow --backend opencv --workers N` (OpenCV's TV-L1 in N processes), both real CLI
      runs on the same frame shard, N = every usable core; goal >= 3.0x. Frames: one video per
      clip, 30 pairs each (``--cli-pairs``) at 340x256. The compile cost is paid once per
-     machine (kernels cached on disk): a warm-up run on a tiny shard pays or loads it first
-     and is reported apart; each timed run's workers still load the cached kernels (well
-     under a second each). ``--cold-compile`` also times that warm-up
-     with an empty cache, then again. ``startup`` breaks a worker's start-up down (imports,
-     kernel loading, torch.compile's tracing for comparison).
+     machine (the C kernels of flow/native.py, kept on disk): a warm-up run on a tiny shard
+     pays or loads it first and is reported apart; each timed run's workers still load the
+     library (milliseconds). ``--cold-compile`` also times that warm-up with an empty cache,
+     then again. ``startup`` breaks a worker's start-up down (imports, loading the kernels,
+     a batch of 8 pairs) and runs the same batch through torch.compile (TorchInductor's
+     kernels of the same two functions, the former CPU path) for comparison.
   A. `tsn flow --backend opencv --workers W` (a real CLI run on a frame shard, I/O included)
      vs a single-process loop calling cv2.optflow DualTVL1 with the same parameters
      (cv2.setNumThreads(1)); goal on 2 cores: >= 1.85x.
@@ -174,16 +175,16 @@ t = time.perf_counter(); import torch; out["import_torch_s"] = time.perf_counter
 torch.set_num_threads(1); cv2.setNumThreads(1)
 sys.path.insert(0, os.getcwd())
 from bench.flow import SIZE, gray_pairs, load_videos
-from tsn_pipeline.flow import aot, tvl1_torch as T
+from tsn_pipeline.flow import native, tvl1_torch as T
 prev, nxt = gray_pairs(load_videos(9)[0])
 a, b = prev[:8], nxt[:8]
-t = time.perf_counter(); k = aot.cpu_kernels(T.TVL1Params()); out["load_aot_kernels_s"] = time.perf_counter() - t
-t = time.perf_counter(); T.tvl1(a, b, compile=True); out["aot_batch_of_8_s"] = time.perf_counter() - t
+t = time.perf_counter(); k = native.cpu_kernels(); out["load_c_kernels_s"] = time.perf_counter() - t
+t = time.perf_counter(); T.tvl1(a, b, compile=True); out["c_kernels_batch_of_8_s"] = time.perf_counter() - t
 t = time.perf_counter(); import torch._dynamo, torch._inductor.compile_fx
 out["import_dynamo_inductor_s"] = time.perf_counter() - t
 tc = types.SimpleNamespace(step=T._compiled("step", T.tvl1_step, True),
                            terms=T._compiled("warp", T.warp_terms, True))
-aot.cpu_kernels = lambda p: tc          # the former path: torch.compile, warm disk cache
+native.cpu_kernels = lambda: tc         # the former path: torch.compile, warm disk cache
 t = time.perf_counter(); T.tvl1(a, b, compile=True); out["torch_compile_first_batch_of_8_s"] = time.perf_counter() - t
 t = time.perf_counter(); T.tvl1(a, b, compile=True); out["torch_compile_next_batch_of_8_s"] = time.perf_counter() - t
 print(json.dumps(out))
@@ -192,8 +193,9 @@ print(json.dumps(out))
 
 def startup_costs() -> dict:
     """What a fresh worker process pays before solving, in a child process with warm caches:
-    imports, loading the AOT-compiled kernels, and (the former way) torch.compile's first
-    calls, which trace the functions and load their cached kernels."""
+    imports, loading the C kernels and a batch with them, and (the former way) torch.compile's
+    first calls, which trace the functions and load their cached kernels, then a batch with
+    TorchInductor's kernels."""
     import os
 
     t = time.perf_counter()
@@ -204,7 +206,9 @@ def startup_costs() -> dict:
     out = {"python_start_s": python_s, **json.loads(proc.stdout.strip().splitlines()[-1])}
     out["load_avg_after"] = list(os.getloadavg())
     out["note"] = ("one process, one thread, warm caches, batch of 8 pairs at 340x256; "
-                   "torch_compile_first - torch_compile_next = tracing and kernel loading")
+                   "torch_compile_first - torch_compile_next = tracing and kernel loading; "
+                   "torch_compile_next / c_kernels_batch = TorchInductor's CPU kernels of the "
+                   "same two functions against ours in C")
     return out
 
 
@@ -219,8 +223,7 @@ def bench_cli(pairs_per_video: int, folder: Path, cold_compile: bool) -> dict:
     import os
 
     from tsn_pipeline.commands.options import usable_cores
-    from tsn_pipeline.flow.aot import NAMES, package_dir
-    from tsn_pipeline.flow.tvl1_torch import TVL1Params
+    from tsn_pipeline.flow import native
 
     videos, pairs, source = cli_videos(pairs_per_video, folder)
     n = sum(pairs.values())
@@ -242,8 +245,8 @@ def bench_cli(pairs_per_video: int, folder: Path, cold_compile: bool) -> dict:
                 "warm_run_s": tsn_flow(tiny, tmp / "warm", env=env),
                 "note": "`tsn flow` on 2 pairs per worker: first with an empty kernel cache "
                         "(compiles), then again (loads the cached kernels)"}
-        out["cache_was_warm"] = all((package_dir(TVL1Params()) / f"{k}.pt2").is_file()
-                                    for k in NAMES)
+        out["cache_was_warm"] = native.library_path(
+            native.library_key(native.compiler())).is_file()
         out["warmup_run_s"] = tsn_flow(tiny, tmp / "warmup")   # compiles at most once
         out["startup"] = startup_costs()
         out["load_avg_before"] = {}
@@ -262,7 +265,7 @@ def bench_cli(pairs_per_video: int, folder: Path, cold_compile: bool) -> dict:
     out["goal"] = ">= 3.0 (tsn flow defaults vs OpenCV TV-L1 in as many processes)"
     out["note"] = ("both times include interpreter start, imports, worker start-up, JPEG "
                    "decode/encode and the shard write; the torch run's worker processes load "
-                   "the AOT-compiled kernels from the disk cache (compiled once per machine: "
+                   "the C kernels from the disk cache (built once per machine: "
                    "warmup_run_s); settings are each backend's "
                    "defaults (OpenCV CPU: its 5x5 median filter, a test every iteration); "
                    "speedup is the wall-time ratio, cpu_time_ratio the ratio of CPU seconds "
@@ -347,8 +350,9 @@ def bench_torch_cpu(videos: dict, batch_size: int, threads: int) -> dict:
                     "epe_vs_opencv_px": float(np.sqrt(((flow - refs[against]) ** 2).sum(1)).mean()),
                     "iterations_per_pair": stats["pair_iterations"] / n}
         refs[key] = flow
-    # fused float order: tiny everywhere except isolated near-textureless pixels, where the
-    # threshold step -rho / |grad I|^2 amplifies rounding (OpenCV CPU vs CUDA too)
+    # last-bit differences (torch's CPU sqrt, the order of the stopping test's sums): tiny
+    # everywhere except isolated near-textureless pixels, where the threshold step
+    # -rho / |grad I|^2 amplifies rounding (OpenCV CPU vs CUDA too)
     d = np.sqrt(((refs["torch_compiled_default"] - refs["torch_eager_default"]) ** 2).sum(1))
     out["compiled_vs_eager_px"] = {"mean": float(d.mean()), "p99_9": float(np.percentile(d, 99.9)),
                                    "max": float(d.max())}

@@ -1,7 +1,7 @@
-"""Start-up: the commands that need no compiler (train, score, features, flow --backend
-opencv or torch --no-compile) import neither torchvision nor torch's compiler
-(torch._dynamo / torch._inductor), whose imports cost seconds before the first work
-(bench/startup.py measures it)."""
+"""Start-up: the commands that need no compiler (train, score, features, flow with every CPU
+backend, its compiled torch loop included: C kernels, see flow/native.py) import neither
+torchvision nor torch's compiler (torch._dynamo / torch._inductor), whose imports cost seconds
+before the first work (bench/startup.py measures it)."""
 from __future__ import annotations
 
 import subprocess
@@ -29,6 +29,8 @@ tsn("features", out + "/run/checkpoint.pt", "--frames", frames, "--out", out + "
 tsn("flow", frames, "--out", out + "/flow", "--backend", "opencv", "--workers", "1",
     "--no-progress")
 tsn("flow", frames, "--out", out + "/flow-eager", "--backend", "torch", "--no-compile",
+    "--workers", "1", "--no-progress")
+tsn("flow", frames, "--out", out + "/flow-compiled", "--backend", "torch", "--device", "cpu",
     "--workers", "1", "--no-progress")
 heavy = lambda: sorted(m for m in ("torchvision", "torch._dynamo", "torch._inductor")
                        if m in sys.modules)

@@ -39,14 +39,15 @@ def _device(ctx, param, value):
 @click.option("--backend", type=click.Choice(["auto", "opencv-cuda", "torch", "opencv"]),
               default="auto", show_default=True,
               help="auto: opencv-cuda if cv2 has CUDA, else torch on CUDA, else torch on CPU "
-                   "(opencv if no C++ compiler for --compile).")
+                   "(opencv if no C compiler for --compile).")
 @click.option("--device", default="auto", show_default=True, callback=_device,
               help="torch device: auto (cuda if available), cpu, cuda, cuda:1 ...")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Frame pairs per torch batch, across videos [default: 128 on CUDA, 8 on CPU].")
 @click.option("--compile/--no-compile", default=True, show_default=True,
-              help="Compile the TV-L1 loop (needs a C++ compiler on CPU; ~1-3 min once per "
-                   "machine, kept in ~/.cache/tsn-pipeline).")
+              help="Compiled TV-L1 loop: on CPU C kernels built with the system's C compiler "
+                   "(once per machine, under a second; kept in ~/.cache/tsn-pipeline), on "
+                   "CUDA torch.compile.")
 @click.option("--tau", type=float, default=None, help="TV-L1 time step [0.25].")
 @click.option("--lambda", "lambda_", type=float, default=None, help="TV-L1 data weight [0.15].")
 @click.option("--theta", type=float, default=None, help="TV-L1 coupling [0.3].")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -27,17 +26,14 @@ __all__ = ["BACKENDS", "DEFAULT_BOUND", "FLOW_KINDS", "backend_params", "compute
            "read_flow", "resolve_backend"]
 
 
-def _have_cxx() -> bool:
-    return bool(shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
-                or shutil.which("clang++"))
 
 
 def resolve_backend(backend: str = "auto", device: Optional[str] = None,
                     compile: bool = True) -> Tuple[str, str]:
     """(backend, device) to run. ``auto``: opencv-cuda when cv2 has a CUDA device, else torch
-    on CUDA when torch sees one, else on CPU torch when it can compile its loop (a C++
+    on CUDA when torch sees one, else on CPU torch when it can compile its loop (a C
     compiler is present and ``compile``) and OpenCV CPU otherwise: bench/flow.py measured the
-    compiled torch loop ~3-4x faster than OpenCV CPU per core and the eager loop ~0.8x.
+    compiled loop (``flow.native``) XX faster than OpenCV CPU per core and the eager one ~0.8x.
     Raises ``opencv.BackendUnavailable`` when an explicit request cannot run."""
     from .opencv import BackendUnavailable, opencv_cuda_available, require_opencv_cuda
 
@@ -60,7 +56,9 @@ def resolve_backend(backend: str = "auto", device: Optional[str] = None,
         return "opencv-cuda", "cuda"
     if device.startswith("cuda"):
         return "torch", device
-    return ("torch", "cpu") if (compile and _have_cxx()) else ("opencv", "cpu")
+    from .native import compiler
+
+    return ("torch", "cpu") if (compile and compiler()) else ("opencv", "cpu")
 
 
 def backend_params(backend: str, params=None):

@@ -13,9 +13,9 @@ width, fps, label, class_name, split, kinds, encoding, bound, backend.
 
 On CPU every backend runs one video per worker process with one thread each (OpenCV's and
 torch's intra-op threads), so ``--workers`` scales over cores; the torch backend runs a video's
-pairs ``batch_size`` at a time, with the compiled TV-L1 kernels (``flow.aot``: compiled once
-per machine, by the main process when missing, kept on disk) that each worker loads in well
-under a second. On a CUDA device the torch backend runs in the main process
+pairs ``batch_size`` at a time, with the C TV-L1 kernels (``flow.native``: built once per
+machine, by the main process when missing, kept on disk) that each worker loads in
+milliseconds. On a CUDA device the torch backend runs in the main process
 and batches pairs from several videos on the device (``batch_size`` pairs of one frame size at
 a time); JPEG work runs on threads there.
 """
@@ -340,11 +340,11 @@ def run_flow(frames: store.ShardSet, out_dir, cfg: FlowConfig, shard_index: int 
     final = Path(out_dir) / store.shard_name("flow", shard_index, num_shards)
     if compile and cpu and cfg.backend == "torch" and (overwrite or retry_failed
                                                        or not final.exists()):
-        # compile the CPU kernels here if this machine has none yet: the workers load them
+        # build the CPU kernels here if this machine has none yet: the workers load them
         # (not for a finished shard, which the runner only reports or refuses)
-        from .aot import cpu_kernels
+        from .native import cpu_kernels
 
-        compile = cpu_kernels(cfg.tvl1) is not None
+        compile = cpu_kernels() is not None
     root = next(iter(frames.root.values()), {})
     extra = {"frames_config": store._attr_value(root.get("config") or {}),
              "runtime": store._attr_value({"device": device, "compile": bool(compile),

@@ -35,11 +35,11 @@ Where OpenCV's CPU and CUDA implementations differ, ``TVL1Params`` exposes the c
   skip about error/epsilon iterations before measuring again); ``k > 0`` measures every k
   iterations (1 = OpenCV CPU, which tests after every iteration).
 
-The per-iteration update is one pure function, ``tvl1_step``; ``compile=True`` compiles it and
-the warp's ``warp_terms``: on CUDA through ``torch.compile`` (Triton kernels), on CPU ahead of
-time into C++ loops kept on disk (``flow.aot``: compiled once per machine, loaded by a new
-process in well under a second). That is what makes it fast. Eager mode gives the same result
-up to float rounding.
+The per-iteration update is one pure function, ``tvl1_step``, and the warp's constants another,
+``warp_terms``; ``compile=True`` runs compiled forms of both: on CUDA ``torch.compile`` (Triton
+kernels), on CPU the same two functions written in C (``flow.native``: built once per machine
+in under a second, loaded by a new process in milliseconds). That is what makes it fast. The
+results equal eager mode's up to float rounding.
 """
 from __future__ import annotations
 
@@ -312,7 +312,7 @@ def tvl1_steps(u1, u2, p11, p12, p21, p22, I1wx, I1wy, grad, rho_c,
 
 
 def _steps_with(step, *args):
-    """``tvl1_steps`` with another ``step`` function (the CPU's compiled one)."""
+    """``tvl1_steps`` with another ``step`` function (the CPU's C one)."""
     state, rest = args[:6], args[6:]
     for _ in range(UNROLL):
         *state, err = step(*state, *rest)
@@ -335,10 +335,10 @@ _COMPILED = {}
 
 def compile_cache_dir() -> str:
     """Where the compiled TV-L1 kernels are kept: ``TORCHINDUCTOR_CACHE_DIR`` when set, else
-    ``$XDG_CACHE_HOME/tsn-pipeline/inductor`` (``~/.cache/...``): the CPU packages of
-    ``flow.aot`` (under ``aoti/``) and torch.compile's caches (CUDA). Every later process (a
-    worker, the next shard, an array task on another node sharing the home folder) loads the
-    kernels instead of compiling them again; torch's own default is a folder under /tmp,
+    ``$XDG_CACHE_HOME/tsn-pipeline/inductor`` (``~/.cache/...``): the CPU library of
+    ``flow.native`` (under ``native/``) and torch.compile's caches (CUDA). Every later process
+    (a worker, the next shard, an array task on another node sharing the home folder) loads
+    the kernels instead of compiling them again; torch's own default is a folder under /tmp,
     often per node and wiped."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(base, "tsn-pipeline",
@@ -479,10 +479,10 @@ def tvl1(prev, nxt, params: TVL1Params = TVL1Params(), device=None, compile: boo
         raise ValueError(f"unroll={unroll}: use 1 or {UNROLL}")
     kernels = None
     if compile and I0.device.type == "cpu":
-        from .aot import cpu_kernels
+        from .native import cpu_kernels
 
-        kernels = cpu_kernels(params)     # None: cannot compile here (warned): eager
-    if kernels is not None:               # CPU: ahead-of-time compiled, loaded from disk
+        kernels = cpu_kernels()           # None: cannot build them here (warned): eager
+    if kernels is not None:               # CPU: the C kernels, built once per machine
         step, terms = kernels.step, kernels.terms
         steps_k = functools.partial(_steps_with, step)
     else:

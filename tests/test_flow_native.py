@@ -1,0 +1,177 @@
+"""The CPU kernels in C (tsn_pipeline.flow.native): the same numbers as the eager torch
+functions, built once per machine into the kernel cache and loaded from it, rebuilt when
+damaged, the uncompiled solver (with a warning) where nothing can be built, and equal bytes
+from one process and from worker processes."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from conftest import textured_frames
+from shards import summaries, write_frames
+from tsn_pipeline import store
+from tsn_pipeline.flow import native
+from tsn_pipeline.flow import tvl1_torch as T
+from tsn_pipeline.flow.tvl1_torch import TVL1Params, tvl1
+
+
+@pytest.fixture
+def gray():
+    import cv2
+
+    return np.stack([cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)
+                     for x in textured_frames(3, 40, 56, seed=3, dx=0.8)])
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty kernel cache, and no kernels loaded in this process."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "_LOADED", {})
+    monkeypatch.setattr(native, "_FAILED", {})
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def without_compiler(fresh_cache, monkeypatch):
+    """CC names no compiler; afterwards the reusable worker processes, which inherited that
+    environment (and remember their failed build), are shut down."""
+    from joblib.externals.loky import get_reusable_executor
+
+    monkeypatch.setenv("CC", "no-such-compiler-anywhere")
+    yield
+    get_reusable_executor().shutdown(wait=True)
+
+
+def _ulps(a, b) -> int:
+    """Largest distance in float32 units in the last place between two arrays."""
+    ia, ib = (np.ascontiguousarray(x, np.float32).view(np.int32).astype(np.int64) for x in (a, b))
+    return int(np.abs(ia - ib).max())
+
+
+@pytest.mark.parametrize("shape", [(3, 37, 53), (2, 1, 9), (1, 6, 1), (1, 2, 2)])
+def test_step_computes_what_the_torch_step_computes(shape):
+    """u's update equals torch's bit for bit; the dual variables differ by a few units in the
+    last place at most (torch's CPU square root is not correctly rounded); the stopping test's
+    sums agree to float rounding."""
+    import torch
+
+    g = torch.Generator().manual_seed(7)
+    args = [torch.randn(*shape, generator=g) for _ in range(10)]
+    args[8] = args[8].abs() * 2                    # |grad I1w|^2 >= 0, some near zero
+    args[8][..., 0] = 0.0
+    consts = T.step_constants(TVL1Params())
+    ref = T.tvl1_step(*args, *consts)
+    out = native.cpu_kernels().step(*args, *consts)
+    assert torch.equal(ref[0], out[0]) and torch.equal(ref[1], out[1])
+    assert max(_ulps(r.numpy(), o.numpy()) for r, o in zip(ref[2:6], out[2:6])) <= 4
+    np.testing.assert_allclose(out[6].numpy(), ref[6].double().numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("interp", ["cuda", "cpu"])
+def test_warp_terms_equal_the_torch_ones(interp):
+    """Bicubic warp of both kinds, flows that point off the image included: the same bits."""
+    import torch
+
+    g = torch.Generator().manual_seed(3)
+    n, h, w = 2, 29, 41
+    stack = torch.rand(n, 3, h, w, generator=g) * 255
+    i0 = torch.rand(n, h, w, generator=g) * 255
+    u1, u2 = torch.randn(n, h, w, generator=g) * 4, torch.randn(n, h, w, generator=g) * 4
+    u1[0, :4] += 60.0                              # far off the right edge
+    u2[1, -3:] -= 1e6                              # far above the top
+    ref = T.warp_terms(stack, i0, u1, u2, interp)
+    out = native.cpu_kernels().terms(stack, i0, u1, u2, interp)
+    for r, o in zip(ref, out):
+        assert torch.equal(r, o)
+
+
+def test_damaged_library_is_rebuilt_then_loaded_without_building(fresh_cache, monkeypatch,
+                                                                 caplog):
+    builds = []
+    build = native._build
+    monkeypatch.setattr(native, "_build", lambda cc, path: (builds.append(path), build(cc, path)))
+    path = native.library_path(native.library_key(native.compiler()))
+    assert path.parent == fresh_cache / "native"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a library")                 # damaged (a truncated copy, say)
+    with caplog.at_level(logging.WARNING):
+        kernels = native.cpu_kernels()
+    assert kernels is not None and kernels.path == path and builds == [path]
+    assert "do not load" in caplog.text
+    assert not list(path.parent.glob("*.tmp*"))        # no partial file left behind
+    monkeypatch.setattr(native, "_LOADED", {})        # a later process: loads, builds nothing
+    assert native.cpu_kernels().path == path and builds == [path]
+
+
+def test_key_follows_source_and_compiler(tmp_path, monkeypatch):
+    cc = native.compiler()
+    key = native.library_key(cc)
+    edited = tmp_path / "tvl1_cpu.c"
+    edited.write_text(native.SOURCE.read_text() + "\n/* edited */\n")
+    monkeypatch.setattr(native, "SOURCE", edited)
+    assert native.library_key(cc) != key
+
+
+@pytest.mark.parametrize("cc, reason", [("no-such-compiler-anywhere", "no C compiler found"),
+                                        ("false", "failed (exit 1)")])
+def test_without_a_working_compiler_the_solver_runs_uncompiled(fresh_cache, monkeypatch,
+                                                               caplog, gray, cc, reason):
+    monkeypatch.setenv("CC", cc)
+    with caplog.at_level(logging.WARNING):
+        assert native.cpu_kernels() is None
+        assert native.cpu_kernels() is None            # tried once per process
+        flow = tvl1(gray[:2], gray[1:], TVL1Params(nscales=2, warps=2), compile=True).numpy()
+    assert caplog.text.count("cannot build the TV-L1 CPU kernels") == 1
+    assert reason in caplog.text
+    eager = tvl1(gray[:2], gray[1:], TVL1Params(nscales=2, warps=2), compile=False).numpy()
+    assert flow.tobytes() == eager.tobytes()
+
+
+def test_flow_command_without_kernels_runs_uncompiled(without_compiler, monkeypatch,
+                                                      cli_runner, tmp_path):
+    frames = write_frames(tmp_path / "frames", {"a": textured_frames(3, 40, 56, seed=1),
+                                                "b": textured_frames(3, 40, 56, seed=2)})
+    args = ["--no-progress", "--nscales", "3", "--warps", "3"]
+    r = cli_runner("flow", frames, "--out", tmp_path / "flow", "--backend", "torch", *args,
+                   "--workers", "2")
+    assert r.exit_code == 0, r.output
+    assert summaries(r.output)[0]["ok"] == 2
+    shards = store.open_shards(tmp_path / "flow", kind="flow")
+    assert shards.root[shards.paths[0]]["runtime"]["compile"] is False
+    # a finished shard is only reported: nothing is built for it
+    builds = []
+    monkeypatch.delenv("CC")
+    monkeypatch.setattr(native, "_FAILED", {})
+    monkeypatch.setattr(native, "_build", lambda cc, path: builds.append(path))
+    r = cli_runner("flow", frames, "--out", tmp_path / "flow", "--backend", "torch", *args)
+    assert r.exit_code == 0 and summaries(r.output)[0]["status"] == "complete", r.output
+    assert builds == []
+
+
+@pytest.mark.slow
+def test_compiled_workers_give_the_bytes_of_one_process(fresh_cache, cli_runner, tmp_path):
+    """Default settings: worker processes (--workers 2, each loading the library the main
+    process built) store the very bytes of one process."""
+    import h5py
+
+    frames = write_frames(tmp_path / "frames", {f"v{i}": textured_frames(4, 40, 56, seed=i)
+                                                for i in range(3)})
+    records = {}
+    for workers in ("1", "2"):
+        r = cli_runner("flow", frames, "--out", tmp_path / f"w{workers}", "--backend", "torch",
+                       "--encoding", "float16", "--no-progress", "--workers", workers)
+        assert r.exit_code == 0, r.output
+        assert summaries(r.output)[0]["ok"] == 3
+        shards = store.open_shards(tmp_path / f"w{workers}", kind="flow")
+        assert shards.root[shards.paths[0]]["runtime"]["compile"] is True
+        with h5py.File(shards.paths[0], "r") as f:
+            records[workers] = {v: store.read_record(f[store.VIDEOS][v]).arrays["tvl1"]
+                                for v in shards.ids}
+    assert sorted(records["1"]) == sorted(records["2"]) == ["v0", "v1", "v2"]
+    for vid, one in records["1"].items():
+        assert one.tobytes() == records["2"][vid].tobytes(), vid
+    assert [p.name for p in (fresh_cache / "native").iterdir()] == [
+        native.library_path(native.library_key(native.compiler())).name]
