@@ -83,6 +83,10 @@ def test_flow_training_validates_and_keeps_best(synth, tmp_path, cli_runner):
     ckpt = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
     assert ckpt["best"] == best
     assert "val loss" in r.stderr and "epoch 3" in r.stderr
+    # the plan comes first, once the data and model are ready
+    assert r.stderr.splitlines()[0].startswith(
+        "training resnet10 (flow) on cpu: 4 videos (2 for validation), 3 steps of batch 4 "
+        "(1 per epoch)"), r.stderr
     # --overwrite starts again: no stale best.pt or metrics from the first run
     r = cli_runner("train", "--flow", synth / "flow", "--modality", "flow", *TINY,
                    "--new-length", "3", "--iterations", "1", "--batch-size", "4",
@@ -116,12 +120,14 @@ def test_resume_after_kill_gives_the_same_weights(synth, tmp_path, cli_runner):
         proc.kill()
         proc.wait()
         proc.stderr.close()
-    epoch = torch.load(killed / "checkpoint.pt", weights_only=True)["epoch"]
+    saved = torch.load(killed / "checkpoint.pt", weights_only=True)
+    epoch = saved["epoch"]
     assert 1 <= epoch < 5, "the run finished before the kill: nothing left to resume"
     r = cli_runner("train", "--frames", synth / "frames", "--out", killed)   # no --resume
     assert r.exit_code == 1 and "--resume" in r.output
     r = cli_runner(*args, "--out", killed, "--resume")
     assert r.exit_code == 0, r.output
+    assert f"resuming after step {saved['step']}" in r.stderr.splitlines()[0], r.stderr
     a, b = _weights(full / "checkpoint.pt"), _weights(killed / "checkpoint.pt")
     for k in a:
         assert torch.equal(a[k], b[k]), k

@@ -595,8 +595,10 @@ def run_training(cfg: TrainConfig, mcfg, out, resume: bool = False, overwrite: b
     """Train (or resume) into run folder ``out``; returns a summary dict.
 
     ``mcfg``: the ``model.ModelConfig`` of the stream (its ``num_classes`` is replaced by the
-    training config's or the data's). ``progress(epoch_metrics)`` is called on the main rank
-    after every epoch (the command prints there).
+    training config's or the data's). ``progress(row)`` is called on the main rank once the
+    data and model are ready, with the plan (``{"start": {...}}``: videos, steps, batch,
+    device, the step it resumes from), then after every epoch with its metrics (the command
+    prints there).
     """
     cfg = cfg.resolve()
     out = Path(out)
@@ -686,6 +688,12 @@ def _train(cfg: TrainConfig, mcfg, out: Path, d: Dist, ckpt_path: Path, resume: 
         (out / CONFIG_JSON).write_text(json.dumps(
             {"train": cfg.to_dict(), "model": mcfg.to_dict(), "world_size": d.world},
             indent=1, sort_keys=True) + "\n")
+        if progress:
+            progress({"start": {"arch": mcfg.arch, "modality": mcfg.modality,
+                                "device": str(d.device), "world_size": d.world,
+                                "train_videos": len(train_s), "val_videos": len(val_s),
+                                "steps": stop, "steps_per_epoch": steps_per_epoch,
+                                "batch_size": cfg.batch_size, "from_step": state.step}})
     state = _loop(cfg, mcfg, model, optimizer, scheduler, loaders, state, stop,
                   math.ceil(stop / steps_per_epoch), [s.video_id for s in train_s], out,
                   ckpt_path, d, progress)

@@ -161,6 +161,18 @@ def train(ctx, **params):
                            **model_kwargs)
 
     def progress(row):
+        if "start" in row:
+            r = row["start"]
+            msg = (f"training {r['arch']} ({r['modality']}) on {r['device']}"
+                   f"{' x %d processes' % r['world_size'] if r['world_size'] > 1 else ''}: "
+                   f"{r['train_videos']} videos"
+                   f"{' (%d for validation)' % r['val_videos'] if r['val_videos'] else ''}, "
+                   f"{r['steps']} step{'s' if r['steps'] != 1 else ''} of batch {r['batch_size']} "
+                   f"({r['steps_per_epoch']} per epoch)")
+            if r["from_step"]:
+                msg += f", resuming after step {r['from_step']}"
+            click.echo(msg, err=True)
+            return
         msg = (f"epoch {row['epoch']} step {row['step']}: loss {row['loss']:.4f} "
                f"top1 {row['top1']:.3f} lr {row['lr']:.2e} {row['clips_per_s']:.1f} clips/s")
         if "val_top1" in row:
