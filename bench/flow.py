@@ -429,7 +429,8 @@ def main():
     ap.add_argument("--cli-pairs", type=int, default=30,
                     help="C: frame pairs per video (one video per clip; quick: 8)")
     ap.add_argument("--cold-compile", action="store_true",
-                    help="C: also time the compile with an empty kernel cache (minutes)")
+                    help="C: also time a run with an empty kernel cache (the C kernels "
+                         "are built: under a second)")
     args = ap.parse_args()
     if args.quick:
         args.cli_pairs = min(args.cli_pairs, 8)

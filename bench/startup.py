@@ -145,8 +145,8 @@ def main():
                          "imports_s (warm-up, -X importtime)": imports[name]}
         figures[name]["goal_met"] = first_work is not None and first_work < GOAL_S
     result = {
-        "goal": f"first work < {GOAL_S} s for the commands that need no compiler (train, "
-                "score, features, flow: every one of them now)",
+        "goal": f"first work < {GOAL_S} s for the commands that need not import torch's "
+                "compiler (train, score, features, flow: all of them now)",
         "first_work": "the first stderr line: score/features/flow the progress label, shown "
                       "when the first video starts; train its plan line, printed just before "
                       "the first step",

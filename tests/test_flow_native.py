@@ -27,22 +27,29 @@ def gray():
 
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
-    """An empty kernel cache, and no kernels loaded in this process."""
+    """An empty kernel cache, and no kernels loaded in this process nor in the reusable
+    worker processes (shut down before and after: they keep the environment they started
+    with, and what they loaded)."""
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(native, "_LOADED", {})
     monkeypatch.setattr(native, "_FAILED", {})
-    return tmp_path / "cache"
+    yield tmp_path / "cache"
+    get_reusable_executor().shutdown(wait=True)
 
 
 @pytest.fixture
 def without_compiler(fresh_cache, monkeypatch):
-    """CC names no compiler; afterwards the reusable worker processes, which inherited that
-    environment (and remember their failed build), are shut down."""
-    from joblib.externals.loky import get_reusable_executor
-
     monkeypatch.setenv("CC", "no-such-compiler-anywhere")
-    yield
-    get_reusable_executor().shutdown(wait=True)
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    k = native.cpu_kernels()
+    assert k is not None, "the C kernels cannot be built here (see the warning above)"
+    return k
 
 
 def _ulps(a, b) -> int:
@@ -51,8 +58,8 @@ def _ulps(a, b) -> int:
     return int(np.abs(ia - ib).max())
 
 
-@pytest.mark.parametrize("shape", [(3, 37, 53), (2, 1, 9), (1, 6, 1), (1, 2, 2)])
-def test_step_computes_what_the_torch_step_computes(shape):
+@pytest.mark.parametrize("shape", [(3, 37, 53), (2, 1, 9), (1, 6, 1), (1, 2, 2), (1, 1, 1)])
+def test_step_computes_what_the_torch_step_computes(kernels, shape):
     """u's update equals torch's bit for bit; the dual variables differ by a few units in the
     last place at most (torch's CPU square root is not correctly rounded); the stopping test's
     sums agree to float rounding."""
@@ -64,26 +71,42 @@ def test_step_computes_what_the_torch_step_computes(shape):
     args[8][..., 0] = 0.0
     consts = T.step_constants(TVL1Params())
     ref = T.tvl1_step(*args, *consts)
-    out = native.cpu_kernels().step(*args, *consts)
+    out = kernels.step(*args, *consts)
     assert torch.equal(ref[0], out[0]) and torch.equal(ref[1], out[1])
     assert max(_ulps(r.numpy(), o.numpy()) for r, o in zip(ref[2:6], out[2:6])) <= 4
     np.testing.assert_allclose(out[6].numpy(), ref[6].double().numpy(), rtol=1e-5)
 
 
+def test_empty_and_mismatched_arrays(kernels):
+    import torch
+
+    empty = [torch.zeros(1, 3, 0) for _ in range(10)]
+    out = kernels.step(*empty, *T.step_constants(TVL1Params()))
+    assert [tuple(o.shape) for o in out] == [(1, 3, 0)] * 6 + [(1,)] and out[6][0] == 0
+    args = [torch.zeros(1, 4, 5) for _ in range(9)] + [torch.zeros(1, 4, 4)]
+    with pytest.raises(ValueError, match="differ"):
+        kernels.step(*args, *T.step_constants(TVL1Params()))
+    with pytest.raises(TypeError, match="float32"):
+        kernels.step(*[a.double() for a in args], *T.step_constants(TVL1Params()))
+
+
 @pytest.mark.parametrize("interp", ["cuda", "cpu"])
-def test_warp_terms_equal_the_torch_ones(interp):
-    """Bicubic warp of both kinds, flows that point off the image included: the same bits."""
+@pytest.mark.parametrize("shape", [(2, 29, 41), (1, 1, 6), (1, 5, 1), (1, 1, 1)])
+def test_warp_terms_equal_the_torch_ones(kernels, interp, shape):
+    """Bicubic warp of both kinds, flows that point off the image included, a non-contiguous
+    input: the same bits."""
     import torch
 
     g = torch.Generator().manual_seed(3)
-    n, h, w = 2, 29, 41
+    n, h, w = shape
     stack = torch.rand(n, 3, h, w, generator=g) * 255
     i0 = torch.rand(n, h, w, generator=g) * 255
     u1, u2 = torch.randn(n, h, w, generator=g) * 4, torch.randn(n, h, w, generator=g) * 4
     u1[0, :4] += 60.0                              # far off the right edge
-    u2[1, -3:] -= 1e6                              # far above the top
+    u2[-1, -3:] -= 1e6                             # far above the top
+    u2 = torch.randn(n, w, h, generator=g).transpose(1, 2) * 4 if h > 1 else u2
     ref = T.warp_terms(stack, i0, u1, u2, interp)
-    out = native.cpu_kernels().terms(stack, i0, u1, u2, interp)
+    out = kernels.terms(stack, i0, u1, u2, interp)
     for r, o in zip(ref, out):
         assert torch.equal(r, o)
 
@@ -92,7 +115,12 @@ def test_damaged_library_is_rebuilt_then_loaded_without_building(fresh_cache, mo
                                                                  caplog):
     builds = []
     build = native._build
-    monkeypatch.setattr(native, "_build", lambda cc, path: (builds.append(path), build(cc, path)))
+
+    def counted(cc, path):
+        builds.append(path)
+        return build(cc, path)
+
+    monkeypatch.setattr(native, "_build", counted)
     path = native.library_path(native.library_key(native.compiler()))
     assert path.parent == fresh_cache / "native"
     path.parent.mkdir(parents=True)
@@ -100,19 +128,39 @@ def test_damaged_library_is_rebuilt_then_loaded_without_building(fresh_cache, mo
     with caplog.at_level(logging.WARNING):
         kernels = native.cpu_kernels()
     assert kernels is not None and kernels.path == path and builds == [path]
-    assert "do not load" in caplog.text
+    assert "do not load or check" in caplog.text
     assert not list(path.parent.glob("*.tmp*"))        # no partial file left behind
     monkeypatch.setattr(native, "_LOADED", {})        # a later process: loads, builds nothing
     assert native.cpu_kernels().path == path and builds == [path]
 
 
-def test_key_follows_source_and_compiler(tmp_path, monkeypatch):
+def test_key_follows_source_and_compiler_command(tmp_path, monkeypatch):
     cc = native.compiler()
     key = native.library_key(cc)
+    assert native.library_key([*cc, "-O2"]) != key
     edited = tmp_path / "tvl1_cpu.c"
     edited.write_text(native.SOURCE.read_text() + "\n/* edited */\n")
     monkeypatch.setattr(native, "SOURCE", edited)
     assert native.library_key(cc) != key
+
+
+def test_cc_may_carry_arguments(fresh_cache, monkeypatch):
+    cc = native.compiler()[0]
+    monkeypatch.setenv("CC", f"{cc} -O1")
+    assert native.compiler() == [cc, "-O1"]
+    kernels = native.cpu_kernels()
+    assert kernels is not None and kernels.path.parent == fresh_cache / "native"
+
+
+def test_a_compiler_that_reassociates_float_arithmetic_is_refused(fresh_cache, monkeypatch,
+                                                                  caplog):
+    """-ffast-math (a wrapper's default, say) gives other numbers: the check after the build
+    finds them, nothing is kept in the cache, and the solver runs uncompiled."""
+    monkeypatch.setenv("CC", f"{native.compiler()[0]} -ffast-math")
+    with caplog.at_level(logging.WARNING):
+        assert native.cpu_kernels() is None
+    assert "computes other numbers than the torch functions" in caplog.text
+    assert not (fresh_cache / "native").exists() or not list((fresh_cache / "native").iterdir())
 
 
 @pytest.mark.parametrize("cc, reason", [("no-such-compiler-anywhere", "no C compiler found"),

@@ -85,8 +85,8 @@ def test_flow_training_validates_and_keeps_best(synth, tmp_path, cli_runner):
     assert "val loss" in r.stderr and "epoch 3" in r.stderr
     # the plan comes first, once the data and model are ready
     assert r.stderr.splitlines()[0].startswith(
-        "training resnet10 (flow) on cpu: 4 videos (2 for validation), 3 steps of batch 4 "
-        "(1 per epoch)"), r.stderr
+        "training resnet10 (flow) on cpu: 4 training videos, 2 for validation; 3 steps "
+        "(1 per epoch) of batch 4"), r.stderr
     # --overwrite starts again: no stale best.pt or metrics from the first run
     r = cli_runner("train", "--flow", synth / "flow", "--modality", "flow", *TINY,
                    "--new-length", "3", "--iterations", "1", "--batch-size", "4",

@@ -163,12 +163,15 @@ def train(ctx, **params):
     def progress(row):
         if "start" in row:
             r = row["start"]
-            msg = (f"training {r['arch']} ({r['modality']}) on {r['device']}"
-                   f"{' x %d processes' % r['world_size'] if r['world_size'] > 1 else ''}: "
-                   f"{r['train_videos']} videos"
-                   f"{' (%d for validation)' % r['val_videos'] if r['val_videos'] else ''}, "
-                   f"{r['steps']} step{'s' if r['steps'] != 1 else ''} of batch {r['batch_size']} "
-                   f"({r['steps_per_epoch']} per epoch)")
+            many = r["world_size"] > 1
+            where = (f"{r['device'].split(':')[0]} x {r['world_size']} processes" if many
+                     else r["device"])
+            msg = (f"training {r['arch']} ({r['modality']}) on {where}: "
+                   f"{r['train_videos']} training videos"
+                   f"{', %d for validation' % r['val_videos'] if r['val_videos'] else ''}; "
+                   f"{r['steps']} step{'s' if r['steps'] != 1 else ''} "
+                   f"({r['steps_per_epoch']} per epoch) of {'global ' if many else ''}batch "
+                   f"{r['batch_size']}")
             if r["from_step"]:
                 msg += f", resuming after step {r['from_step']}"
             click.echo(msg, err=True)

@@ -26,8 +26,6 @@ __all__ = ["BACKENDS", "DEFAULT_BOUND", "FLOW_KINDS", "backend_params", "compute
            "read_flow", "resolve_backend"]
 
 
-
-
 def resolve_backend(backend: str = "auto", device: Optional[str] = None,
                     compile: bool = True) -> Tuple[str, str]:
     """(backend, device) to run. ``auto``: opencv-cuda when cv2 has a CUDA device, else torch

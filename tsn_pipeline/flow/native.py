@@ -1,17 +1,21 @@
 """TV-L1's two hot loops in C for the CPU (``tvl1_cpu.c``), compiled once per machine.
 
 ``tvl1_step`` and ``warp_terms`` of ``tvl1_torch`` are written out in C, operation for
-operation in the same order, and built with the system's C compiler (``$CC``, else cc, gcc or
-clang) for this machine's CPU (``-O3 -march=native``, no fused multiply-adds). The warp terms
-and the update of u equal the eager functions' to the bit; the dual variables differ in the
-last bit where torch's CPU square root is not correctly rounded, and the stopping test's sum
-is added up in another order. The build takes well under a second; the library is kept in
+operation in the same order, and built with the system's C compiler (``$CC``, which may carry
+arguments, else cc, gcc or clang) for this machine's CPU (``-O3 -march=native``, no fused
+multiply-adds). The warp terms and the update of u equal the eager functions' to the bit; the
+dual variables differ in the last bits (a few units at most) where torch's CPU square root is
+not correctly rounded, and the stopping test's sum is added up in another order (which can
+move a test by an iteration). The build takes well under a second; the library is kept in
 ``compile_cache_dir()/native/tvl1-<key>.so``, where the key covers the source, the compiler,
-its flags and the CPU's instruction-set flags (a cluster's nodes of different CPUs each get
-their own). Every process (the flow workers, array tasks) loads it through ctypes in
-milliseconds, without importing torch's compiler. A library that does not load is built
-again, with a warning; where nothing can be built (no C compiler) ``cpu_kernels`` returns
-None, with a warning, and the solver runs uncompiled.
+its flags, the C library and the CPU's instruction-set flags (a cluster's nodes of different
+CPUs each get their own). Every process (the flow workers, array tasks) loads it through
+ctypes in milliseconds, without importing torch's compiler, and checks it on a small input
+against the eager functions before using it (a compiler that ignores the flags above and
+reassociates or contracts float arithmetic, or a damaged file, fails that check). A library
+that does not load or fails the check is built again, with a warning; where nothing can be
+built or checked (no C compiler) ``cpu_kernels`` returns None, with a warning, and the solver
+runs uncompiled.
 
 Measured on an AMD EPYC core (AVX2; bench/flow.py, docs/FLOW.md): a batch of 8 pairs at
 340x256 in 1.17 s against 5.14 s with the same functions compiled by TorchInductor (whose
@@ -25,10 +29,12 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +47,15 @@ _FAILED: Dict[str, str] = {}
 _F, _I64, _P = ctypes.c_float, ctypes.c_int64, ctypes.c_void_p
 
 
-def compiler() -> Optional[str]:
-    """The C compiler to build with: ``$CC`` when set, else the first of cc, gcc, clang."""
-    names = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]
-    for name in names:
-        path = shutil.which(name)
+def compiler() -> Optional[List[str]]:
+    """The C compiler to build with, as a command (``$CC`` may be ``ccache gcc`` or carry
+    flags): ``$CC`` when set, else the first of cc, gcc, clang; None when there is none."""
+    cc = os.environ.get("CC", "").strip()
+    commands = [shlex.split(cc)] if cc else [["cc"], ["gcc"], ["clang"]]
+    for cmd in commands:
+        path = shutil.which(cmd[0])
         if path:
-            return path
+            return [path, *cmd[1:]]
     return None
 
 
@@ -62,14 +70,15 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def library_key(cc: str) -> str:
-    """What the built library depends on, hashed: source, compiler, flags, CPU."""
+def library_key(cc: List[str]) -> str:
+    """What the built library depends on, hashed: source, compiler, flags, C library, CPU."""
     try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True,
+        version = subprocess.run([*cc, "--version"], capture_output=True, text=True,
                                  timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
-        raise RuntimeError(f"C compiler {cc} does not run: {exc}") from None
-    parts = [SOURCE.read_text(), cc, version, " ".join(FLAGS), platform.machine(), _cpu_flags()]
+        raise RuntimeError(f"C compiler {shlex.join(cc)} does not run: {exc}") from None
+    parts = [SOURCE.read_text(), shlex.join(cc), version, " ".join(FLAGS), platform.machine(),
+             " ".join(platform.libc_ver()), _cpu_flags()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
@@ -114,6 +123,9 @@ class CpuKernels:
 
         ins = self._inputs((u1, u2, p11, p12, p21, p22, I1wx, I1wy, grad, rho_c))
         n, h, w = ins[0].shape
+        if any(t.shape != ins[0].shape for t in ins[1:]):
+            raise ValueError(f"TV-L1 step: arrays of shapes {[tuple(t.shape) for t in ins]} "
+                             "differ")
         outs = [torch.empty_like(ins[0]) for _ in range(6)]
         err = torch.empty(n, dtype=torch.float64)
         if self._step(n, h, w, *map(_ptr, ins), l_t, theta, taut, *map(_ptr, outs),
@@ -134,32 +146,75 @@ class CpuKernels:
         return tuple(outs)
 
 
-def _build(cc: str, path: Path) -> None:
-    """Compile the library into ``path`` (written whole, then renamed: concurrent builds of
-    the same key each write their own file and the last rename wins)."""
+def self_check(kernels: CpuKernels) -> None:
+    """Raise unless ``kernels`` compute what the eager functions compute on a small input:
+    u's update and both warps to the bit, the dual variables within a few units in the last
+    place (torch's CPU square root), the stopping test's sum to float rounding."""
+    import torch
+
+    from . import tvl1_torch as T
+
+    g = torch.Generator().manual_seed(0)
+    args = [torch.randn(2, 5, 7, generator=g) for _ in range(10)]
+    args[8] = args[8].abs()
+    consts = T.step_constants(T.TVL1Params())
+    ref, out = T.tvl1_step(*args, *consts), kernels.step(*args, *consts)
+    bad = [name for name, r, o in zip(("u1", "u2"), ref, out) if not torch.equal(r, o)]
+    bad += [f"p{i}" for i, (r, o) in enumerate(zip(ref[2:6], out[2:6]))
+            if not torch.allclose(r, o, rtol=1e-6, atol=1e-7)]
+    if not torch.allclose(ref[6].double(), out[6], rtol=1e-5):
+        bad.append("err")
+    stack = torch.rand(2, 3, 5, 7, generator=g) * 255
+    u1, u2 = torch.randn(2, 5, 7, generator=g) * 3, torch.randn(2, 5, 7, generator=g) * 3
+    for interp in ("cuda", "cpu"):
+        pairs = zip(T.warp_terms(stack, args[0], u1, u2, interp),
+                    kernels.terms(stack, args[0], u1, u2, interp))
+        bad += [f"warp({interp})" for r, o in pairs if not torch.equal(r, o)][:1]
+    if bad:
+        raise RuntimeError(f"{kernels.path} computes other numbers than the torch functions "
+                           f"({', '.join(bad)}): a compiler that reassociates or contracts "
+                           "float arithmetic, or a damaged file")
+
+
+def _checked(path: Path) -> CpuKernels:
+    kernels = CpuKernels(path)
+    self_check(kernels)
+    return kernels
+
+
+def _build(cc: List[str], path: Path) -> CpuKernels:
+    """Compile the library under a unique temporary name next to ``path``, load and check it
+    there, then rename it to ``path`` (so a library that fails the check is never kept, and
+    concurrent builds, from other processes or hosts sharing the folder, each write their own
+    file; the last rename wins)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        proc = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(SOURCE), "-lm"],
+        proc = subprocess.run([*cc, *FLAGS, "-o", str(tmp), str(SOURCE), "-lm"],
                               capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
-            raise RuntimeError(f"{cc} failed (exit {proc.returncode}): "
+            raise RuntimeError(f"{shlex.join(cc)} failed (exit {proc.returncode}): "
                                f"{(proc.stderr or proc.stdout).strip()[-1000:]}")
+        kernels = _checked(tmp)        # loaded under its own name: the file keeps its mapping
+        os.chmod(tmp, 0o755)
         os.replace(tmp, path)
+        kernels.path = path
+        return kernels
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _load_or_build(cc: str, path: Path) -> CpuKernels:
+def _load_or_build(cc: List[str], path: Path) -> CpuKernels:
     if path.is_file():
         try:
-            return CpuKernels(path)
-        except OSError as exc:
-            log.warning("the compiled TV-L1 kernels in %s do not load (%s); building them "
-                        "again", path, exc)
+            return _checked(path)
+        except Exception as exc:
+            log.warning("the compiled TV-L1 kernels in %s do not load or check (%s); building "
+                        "them again", path, exc)
     log.info("building the TV-L1 CPU kernels for this machine into %s", path)
-    _build(cc, path)
-    return CpuKernels(path)
+    return _build(cc, path)
 
 
 def cpu_kernels() -> Optional[CpuKernels]:
@@ -167,7 +222,7 @@ def cpu_kernels() -> Optional[CpuKernels]:
     process) when they cannot be built or loaded here; the caller then runs the eager torch
     functions."""
     cc = compiler()
-    key = cc or "no compiler"
+    key = shlex.join(cc) if cc else "no compiler"
     if key in _LOADED or key in _FAILED:
         return _LOADED.get(key)
     try:

@@ -49,16 +49,17 @@ static void primal_row(int64_t w, const float *R u1, const float *R u2, const fl
     *e += sum;
 }
 
-/* one row of the dual update from the new u (forward differences, 0 on the last column and
- * on the last row: there down1/down2 are the row itself) */
-static void dual_row(int64_t w, const float *R n1, const float *R n2, const float *R down1,
-                     const float *R down2, const float *R p11, const float *R p12,
-                     const float *R p21, const float *R p22, float taut, float *R q11,
-                     float *R q12, float *R q21, float *R q22)
+/* one row of the dual update from the new u (forward differences, 0 on the last column and,
+ * ``last`` set, on the last row, where down1/down2 are not read) */
+static void dual_row(int64_t w, int last, const float *R n1, const float *R n2,
+                     const float *R down1, const float *R down2, const float *R p11,
+                     const float *R p12, const float *R p21, const float *R p22, float taut,
+                     float *R q11, float *R q12, float *R q21, float *R q22)
 {
 #define DUAL(U1X, U2X)                                                                        \
     {                                                                                         \
-        float u1x = (U1X), u2x = (U2X), u1y = down1[x] - n1[x], u2y = down2[x] - n2[x];      \
+        float u1x = (U1X), u2x = (U2X);                                                       \
+        float u1y = last ? 0.f : down1[x] - n1[x], u2y = last ? 0.f : down2[x] - n2[x];      \
         float g1 = 1.f + taut * sqrtf(u1x * u1x + u1y * u1y);                                 \
         float g2 = 1.f + taut * sqrtf(u2x * u2x + u2y * u2y);                                 \
         q11[x] = (p11[x] + taut * u1x) / g1;                                                  \
@@ -85,6 +86,11 @@ int tvl1_step(int64_t n, int64_t h, int64_t w, const float *u1, const float *u2,
               float *q12, float *q21, float *q22, double *err)
 {
     const int64_t hw = h * w;
+    if (h <= 0 || w <= 0) { /* empty images: nothing to update */
+        for (int64_t k = 0; k < n; k++)
+            err[k] = 0.0;
+        return 0;
+    }
     float *zeros = calloc((size_t)w, sizeof(float));
     if (!zeros)
         return -1;
@@ -98,9 +104,9 @@ int tvl1_step(int64_t n, int64_t h, int64_t w, const float *u1, const float *u2,
         }
         err[k] = e;
         for (int64_t y = 0; y < h; y++) {
-            const int64_t r = k * hw + y * w, down = y < h - 1 ? w : 0;
-            dual_row(w, o1 + r, o2 + r, o1 + r + down, o2 + r + down, p11 + r, p12 + r,
-                     p21 + r, p22 + r, taut, q11 + r, q12 + r, q21 + r, q22 + r);
+            const int64_t r = k * hw + y * w, last = y == h - 1, down = last ? 0 : w;
+            dual_row(w, (int)last, o1 + r, o2 + r, o1 + r + down, o2 + r + down, p11 + r,
+                     p12 + r, p21 + r, p22 + r, taut, q11 + r, q12 + r, q21 + r, q22 + r);
         }
     }
     free(zeros);
@@ -143,6 +149,8 @@ void tvl1_warp_terms(int64_t n, int64_t h, int64_t w, const float *R stack,
 {
     const int64_t hw = h * w;
     const float a = cpu_interp ? -0.75f : -0.5f;
+    if (n <= 0 || h <= 0 || w <= 0)
+        return;
     for (int64_t k = 0; k < n; k++) {
         const float *planes = stack + 3 * k * hw;
         for (int64_t y = 0; y < h; y++) {
