@@ -6,6 +6,7 @@ import json
 from collections import Counter
 
 import h5py
+import pytest
 
 from tsn_pipeline import batch, store
 
@@ -133,3 +134,39 @@ def test_thread_workers_make_the_shard_of_one_worker(tmp_path):
     assert (tmp_path / "many" / "frames-0-of-1.h5").read_bytes() == \
         (tmp_path / "one" / "frames-0-of-1.h5").read_bytes()
     assert store.verify_shard(tmp_path / "many" / "frames-0-of-1.h5") == []
+
+
+@pytest.mark.parametrize("can_start", [1, 0])
+def test_worker_threads_that_cannot_start(tmp_path, monkeypatch, caplog, can_start):
+    """A process at its thread limit: with some worker threads started the stage goes on with
+    them (a warning says so) and makes the one-worker shard; with none it stops with a clear
+    error and writes no shard."""
+    import logging
+    import threading
+
+    start, started = threading.Thread.start, []
+
+    def limited(thread):
+        if thread.name.startswith("tsn-worker-"):
+            if len(started) >= can_start:
+                raise RuntimeError("can't start new thread")
+            started.append(thread)
+        return start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", limited)
+    ids = [f"v{k:02d}" for k in range(6)]
+    kw = dict(kind="frames", shard_index=0, num_shards=1, config={"x": 1},
+              tasks=[batch.Task(v, "memory") for v in ids], process=_record_or_failure,
+              progress=False)
+    if can_start:
+        with caplog.at_level(logging.WARNING):
+            summary = batch.run_stage(out_dir=tmp_path / "many", workers=3, threads=True, **kw)
+        assert summary.ok == 6 and "started 1 of 3 worker threads" in caplog.text
+        one = batch.run_stage(out_dir=tmp_path / "one", **kw)
+        assert one.ok == 6
+        assert (tmp_path / "many" / "frames-0-of-1.h5").read_bytes() == \
+            (tmp_path / "one" / "frames-0-of-1.h5").read_bytes()
+    else:
+        with pytest.raises(batch.StageError, match="cannot start a worker thread"):
+            batch.run_stage(out_dir=tmp_path / "many", workers=3, threads=True, **kw)
+        assert not (tmp_path / "many" / "frames-0-of-1.h5").exists()

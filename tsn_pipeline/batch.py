@@ -319,12 +319,22 @@ def _iter_threaded(kind: str, tasks: List[Task], process, workers: int, parts: s
         finally:
             results.put(None)
 
-    threads = [threading.Thread(target=work, name=f"tsn-worker-{k}", daemon=True)
-               for k in range(min(workers, len(tasks)))]
-    for thread in threads:
-        thread.start()
-    running = len(threads)
+    wanted, threads = min(workers, len(tasks)), []
     try:
+        for k in range(wanted):
+            thread = threading.Thread(target=work, name=f"tsn-worker-{k}", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:      # "can't start new thread": a process limit
+                if not threads:
+                    yield ("fatal", "", f"cannot start a worker thread ({exc}); lower "
+                           "--workers or raise the limit on threads (ulimit -u)")
+                    return
+                log.warning("started %d of %d worker threads (%s); going on with %d",
+                            len(threads), wanted, exc, len(threads))
+                break
+            threads.append(thread)
+        running = len(threads)
         while running:
             item = results.get()
             if item is None:
