@@ -22,9 +22,6 @@ from .score import input_options, open_inputs
 @click.option("--crops", type=click.Choice(["1", "3", "5", "10"]), default="1", show_default=True,
               help="Crops per snippet (their features are averaged): 1 = centre crop, 5 = 4 "
                    "corners + centre, 10 = those and their mirror images.")
-@click.option("--scale-size", type=click.IntRange(min=1), default=None,
-              help="Resize the short side to this before cropping "
-                   "[default: input_size * 256 / 224 = 256].")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Stored feature dtype (float16 halves the files).")
 @click.option("--arch", default=None,

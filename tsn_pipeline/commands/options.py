@@ -60,6 +60,22 @@ def torch_device(ctx, param, value):
     return check_device(value, torch.cuda.device_count())
 
 
+
+def device_option(f):
+    """--device of the commands that run torch models (train, score, features)."""
+    return click.option("--device", default="auto", show_default=True, callback=torch_device,
+                        help="torch device: auto (cuda if available), cpu, cuda, "
+                             "cuda:N.")(f)
+
+
+def amp_option(f):
+    """--amp of the commands that run torch models (train, score, features)."""
+    return click.option("--amp", type=click.Choice(["none", "bf16"]), default="none",
+                        show_default=True,
+                        help="bf16: bfloat16 autocast, on CUDA and CPU (faster on recent "
+                             "GPUs and CPUs; results differ slightly from float32's, and "
+                             "are stored as float32).")(f)
+
 def shard_options(f: Callable) -> Callable:
     """--shard-index/--num-shards: which shards this process writes (see ``select_shards``)."""
     f = click.option("--num-shards", type=click.IntRange(min=1), default=None,

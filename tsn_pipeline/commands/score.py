@@ -5,18 +5,17 @@ import json
 
 import click
 
-from .options import (bad_settings, fails_with, run_options, run_shards, select_shards,
-                      shard_options, stage_errors, torch_device)
+from .options import (amp_option, bad_settings, device_option, fails_with, run_options,
+                      run_shards, select_shards, shard_options, stage_errors)
 
 
 def input_options(f):
-    """--frames/--flow/--split/--list/--batch-size/--device/--amp, shared with `tsn features`."""
-    f = click.option("--amp", type=click.Choice(["none", "bf16"]), default="none",
-                     show_default=True,
-                     help="bf16: run the model under bfloat16 autocast (faster on recent "
-                          "GPUs; outputs differ slightly and are stored as float32).")(f)
-    f = click.option("--device", default="auto", show_default=True, callback=torch_device,
-                     help="torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")(f)
+    """--frames/--flow/--split/--list/--batch-size/--device/--amp/--scale-size, shared with
+    `tsn features`."""
+    f = click.option("--scale-size", type=click.IntRange(min=1), default=None,
+                     help="Resize the short side to this before cropping "
+                          "[default: input_size * 256 / 224 = 256].")(f)
+    f = amp_option(device_option(f))
     f = click.option("--batch-size", type=click.IntRange(min=1), default=250, show_default=True,
                      help="Snippet crops per forward pass (several videos are batched).")(f)
     f = click.option("--list", "list_file", type=click.Path(exists=True), default=None,
@@ -59,9 +58,6 @@ def open_inputs(frames_dir, flow_dir, list_file):
                    "model trained with --no-flip, which refuses 10].")
 @click.option("--crop-agg", type=click.Choice(["mean", "max"]), default="mean",
               show_default=True, help="How crop scores are combined (before softmax).")
-@click.option("--scale-size", type=click.IntRange(min=1), default=None,
-              help="Resize the short side to this before cropping "
-                   "[default: input_size * 256 / 224 = 256].")
 @click.option("--save-crops", is_flag=True,
               help="Also store the per-crop scores (snippets, crops, classes).")
 @input_options

@@ -11,7 +11,7 @@ import os
 
 import click
 
-from .options import bad_settings, cap_workers, torch_device
+from .options import amp_option, bad_settings, cap_workers, device_option
 
 from ..modalities import NAMES as MODALITIES
 
@@ -100,10 +100,8 @@ def _modality_overrides(ctx, modality: str, params: dict) -> dict:
               help="Random horizontal flips (TSN). --no-flip for classes a mirror image turns "
                    "into each other (left/right); recorded, so `tsn score` then tests "
                    "without flipped crops.")
-@click.option("--device", default="auto", show_default=True, callback=torch_device,
-              help="auto, cpu, cuda, cuda:N.")
-@click.option("--amp", type=click.Choice(["none", "bf16"]), default="none", show_default=True,
-              help="bf16 autocast (CUDA and CPU).")
+@device_option
+@amp_option
 @click.option("--channels-last", is_flag=True, help="NHWC memory format (faster on GPUs).")
 @click.option("--sync-bn", is_flag=True, help="SyncBatchNorm across torchrun processes (CUDA).")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
