@@ -5,6 +5,10 @@ from one process and from worker processes."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +19,8 @@ from tsn_pipeline import store
 from tsn_pipeline.flow import native
 from tsn_pipeline.flow import tvl1_torch as T
 from tsn_pipeline.flow.tvl1_torch import TVL1Params, tvl1
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -101,10 +107,11 @@ def test_warp_terms_equal_the_torch_ones(kernels, interp, shape):
     n, h, w = shape
     stack = torch.rand(n, 3, h, w, generator=g) * 255
     i0 = torch.rand(n, h, w, generator=g) * 255
-    u1, u2 = torch.randn(n, h, w, generator=g) * 4, torch.randn(n, h, w, generator=g) * 4
+    u1 = torch.randn(n, h, w, generator=g) * 4
+    u2 = torch.randn(n, w, h, generator=g).transpose(1, 2) * 4     # not contiguous
     u1[0, :4] += 60.0                              # far off the right edge
     u2[-1, -3:] -= 1e6                             # far above the top
-    u2 = torch.randn(n, w, h, generator=g).transpose(1, 2) * 4 if h > 1 else u2
+    assert not u2.is_contiguous() or h == 1 or w == 1
     ref = T.warp_terms(stack, i0, u1, u2, interp)
     out = kernels.terms(stack, i0, u1, u2, interp)
     for r, o in zip(ref, out):
@@ -130,8 +137,14 @@ def test_damaged_library_is_rebuilt_then_loaded_without_building(fresh_cache, mo
     assert kernels is not None and kernels.path == path and builds == [path]
     assert "do not load or check" in caplog.text
     assert not list(path.parent.glob("*.tmp*"))        # no partial file left behind
-    monkeypatch.setattr(native, "_LOADED", {})        # a later process: loads, builds nothing
-    assert native.cpu_kernels().path == path and builds == [path]
+    # a later process loads it from disk and builds nothing
+    later = subprocess.run(
+        [sys.executable, "-c", "from tsn_pipeline.flow import native\n"
+         "def no(*a): raise SystemExit('built again')\n"
+         "native._build = no\nprint(native.cpu_kernels().path)"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(fresh_cache)})
+    assert later.returncode == 0 and later.stdout.strip() == str(path), later.stderr[-2000:]
 
 
 def test_key_follows_source_and_compiler_command(tmp_path, monkeypatch):
@@ -157,10 +170,21 @@ def test_a_compiler_that_reassociates_float_arithmetic_is_refused(fresh_cache, m
     """-ffast-math (a wrapper's default, say) gives other numbers: the check after the build
     finds them, nothing is kept in the cache, and the solver runs uncompiled."""
     monkeypatch.setenv("CC", f"{native.compiler()[0]} -ffast-math")
+    assert native._subnormals_kept()
     with caplog.at_level(logging.WARNING):
         assert native.cpu_kernels() is None
-    assert "computes other numbers than the torch functions" in caplog.text
+    assert ("computes other numbers than the torch functions" in caplog.text
+            or "flush subnormal floats to zero" in caplog.text), caplog.text
     assert not (fresh_cache / "native").exists() or not list((fresh_cache / "native").iterdir())
+    # the build was checked in a child process: this one's float mode is untouched
+    assert native._subnormals_kept()
+
+
+def test_a_cc_that_is_not_a_command_line(fresh_cache, monkeypatch, caplog):
+    monkeypatch.setenv("CC", 'gcc "-O2')
+    with caplog.at_level(logging.WARNING):
+        assert native.compiler() is None and native.cpu_kernels() is None
+    assert "is not a command line" in caplog.text and "no C compiler found" in caplog.text
 
 
 @pytest.mark.parametrize("cc, reason", [("no-such-compiler-anywhere", "no C compiler found"),

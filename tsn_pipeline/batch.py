@@ -322,10 +322,12 @@ def _iter_threaded(kind: str, tasks: List[Task], process, workers: int, parts: s
     wanted, threads = min(workers, len(tasks)), []
     try:
         for k in range(wanted):
-            thread = threading.Thread(target=work, name=f"tsn-worker-{k}", daemon=True)
+            # listed before it starts: an interrupt inside start() still joins it below
+            threads.append(threading.Thread(target=work, name=f"tsn-worker-{k}", daemon=True))
             try:
-                thread.start()
+                threads[-1].start()
             except RuntimeError as exc:      # "can't start new thread": a process limit
+                threads.pop()
                 if not threads:
                     yield ("fatal", "", f"cannot start a worker thread ({exc}); lower "
                            "--workers or raise the limit on threads (ulimit -u)")
@@ -333,7 +335,6 @@ def _iter_threaded(kind: str, tasks: List[Task], process, workers: int, parts: s
                 log.warning("started %d of %d worker threads (%s); going on with %d",
                             len(threads), wanted, exc, len(threads))
                 break
-            threads.append(thread)
         running = len(threads)
         while running:
             item = results.get()
@@ -344,7 +345,8 @@ def _iter_threaded(kind: str, tasks: List[Task], process, workers: int, parts: s
     finally:
         stop.set()
         for thread in threads:
-            thread.join()
+            if thread.ident is not None:     # started
+                thread.join()
 
 
 def _iter_results(kind: str, tasks: List[Task], process, batch_process, workers: int,

@@ -60,7 +60,6 @@ def torch_device(ctx, param, value):
     return check_device(value, torch.cuda.device_count())
 
 
-
 def device_option(f):
     """--device of the commands that run torch models (train, score, features)."""
     return click.option("--device", default="auto", show_default=True, callback=torch_device,
@@ -72,9 +71,10 @@ def amp_option(f):
     """--amp of the commands that run torch models (train, score, features)."""
     return click.option("--amp", type=click.Choice(["none", "bf16"]), default="none",
                         show_default=True,
-                        help="bf16: bfloat16 autocast, on CUDA and CPU (faster on recent "
-                             "GPUs and CPUs; results differ slightly from float32's, and "
-                             "are stored as float32).")(f)
+                        help="bf16: bfloat16 autocast, on CUDA and CPU (faster where the "
+                             "device has bf16 units: recent GPUs, some CPUs; results differ "
+                             "slightly from float32's).")(f)
+
 
 def shard_options(f: Callable) -> Callable:
     """--shard-index/--num-shards: which shards this process writes (see ``select_shards``)."""

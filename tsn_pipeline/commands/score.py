@@ -15,7 +15,7 @@ def input_options(f):
     f = click.option("--scale-size", type=click.IntRange(min=1), default=None,
                      help="Resize the short side to this before cropping "
                           "[default: input_size * 256 / 224 = 256].")(f)
-    f = amp_option(device_option(f))
+    f = device_option(amp_option(f))
     f = click.option("--batch-size", type=click.IntRange(min=1), default=250, show_default=True,
                      help="Snippet crops per forward pass (several videos are batched).")(f)
     f = click.option("--list", "list_file", type=click.Path(exists=True), default=None,

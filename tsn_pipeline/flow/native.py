@@ -32,7 +32,9 @@ import platform
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -51,7 +53,11 @@ def compiler() -> Optional[List[str]]:
     """The C compiler to build with, as a command (``$CC`` may be ``ccache gcc`` or carry
     flags): ``$CC`` when set, else the first of cc, gcc, clang; None when there is none."""
     cc = os.environ.get("CC", "").strip()
-    commands = [shlex.split(cc)] if cc else [["cc"], ["gcc"], ["clang"]]
+    try:
+        commands = [shlex.split(cc)] if cc else [["cc"], ["gcc"], ["clang"]]
+    except ValueError as exc:
+        log.warning("CC=%s is not a command line (%s)", cc, exc)
+        return None
     for cmd in commands:
         path = shutil.which(cmd[0])
         if path:
@@ -154,8 +160,8 @@ def self_check(kernels: CpuKernels) -> None:
 
     from . import tvl1_torch as T
 
-    g = torch.Generator().manual_seed(0)
-    args = [torch.randn(2, 5, 7, generator=g) for _ in range(10)]
+    g = torch.Generator().manual_seed(0)        # rows of 37: the vector loops and their tails
+    args = [torch.randn(2, 5, 37, generator=g) for _ in range(10)]
     args[8] = args[8].abs()
     consts = T.step_constants(T.TVL1Params())
     ref, out = T.tvl1_step(*args, *consts), kernels.step(*args, *consts)
@@ -164,8 +170,8 @@ def self_check(kernels: CpuKernels) -> None:
             if not torch.allclose(r, o, rtol=1e-6, atol=1e-7)]
     if not torch.allclose(ref[6].double(), out[6], rtol=1e-5):
         bad.append("err")
-    stack = torch.rand(2, 3, 5, 7, generator=g) * 255
-    u1, u2 = torch.randn(2, 5, 7, generator=g) * 3, torch.randn(2, 5, 7, generator=g) * 3
+    stack = torch.rand(2, 3, 5, 37, generator=g) * 255
+    u1, u2 = torch.randn(2, 5, 37, generator=g) * 3, torch.randn(2, 5, 37, generator=g) * 3
     for interp in ("cuda", "cpu"):
         pairs = zip(T.warp_terms(stack, args[0], u1, u2, interp),
                     kernels.terms(stack, args[0], u1, u2, interp))
@@ -173,21 +179,74 @@ def self_check(kernels: CpuKernels) -> None:
     if bad:
         raise RuntimeError(f"{kernels.path} computes other numbers than the torch functions "
                            f"({', '.join(bad)}): a compiler that reassociates or contracts "
-                           "float arithmetic, or a damaged file")
+                           "float arithmetic, a damaged file, or torch's arithmetic changed")
+
+
+def _subnormals_kept() -> bool:
+    """False when this thread flushes subnormal floats to zero (what a library linked with
+    -ffast-math switches on when it is loaded)."""
+    import numpy as np
+
+    return bool(np.float32(1e-38) * np.float32(1e-3) != 0)
 
 
 def _checked(path: Path) -> CpuKernels:
+    kept = _subnormals_kept()
     kernels = CpuKernels(path)
+    if kept and not _subnormals_kept():
+        raise RuntimeError(f"loading {path} made this process flush subnormal floats to zero "
+                           "(it was linked with -ffast-math)")
     self_check(kernels)
     return kernels
 
 
+_CHILD_CHECK = ("import sys; from pathlib import Path; from tsn_pipeline.flow import native; "
+                "native._checked(Path(sys.argv[1]))")
+
+
+def _check_in_child(path: Path) -> None:
+    """``_checked(path)`` in a child process: a build is loaded here only once it passed (a
+    library linked with -ffast-math changes the float mode of the process that loads it)."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    proc = subprocess.run([sys.executable, "-c", _CHILD_CHECK, str(path)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit {proc.returncode}"]
+        raise RuntimeError(lines[-1])
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def _remove_stale_builds(folder: Path, older_than_s: float = 3600) -> None:
+    """Temporary files of builds that were killed (a scheduler's time limit, say)."""
+    for tmp in folder.glob("tvl1-*.tmp"):
+        try:
+            if time.time() - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink()
+        except OSError:
+            pass
+
+
 def _build(cc: List[str], path: Path) -> CpuKernels:
-    """Compile the library under a unique temporary name next to ``path``, load and check it
-    there, then rename it to ``path`` (so a library that fails the check is never kept, and
-    concurrent builds, from other processes or hosts sharing the folder, each write their own
-    file; the last rename wins)."""
+    """Compile the library under a unique temporary name next to ``path``, check it in a
+    child process, load it here under that name, then rename it to ``path`` (so a library that
+    fails the check is neither loaded nor kept, and concurrent builds, from other processes or
+    hosts sharing the folder, each write their own file; the last rename wins). Loading it
+    under the temporary name also gives this process the new library when a stale one was
+    loaded from ``path`` before: the dynamic loader reuses a loaded library by its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(path.parent)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
@@ -197,8 +256,9 @@ def _build(cc: List[str], path: Path) -> CpuKernels:
         if proc.returncode != 0:
             raise RuntimeError(f"{shlex.join(cc)} failed (exit {proc.returncode}): "
                                f"{(proc.stderr or proc.stdout).strip()[-1000:]}")
+        _check_in_child(tmp)
+        os.chmod(tmp, 0o755 & ~_umask())   # readable as the cache folder's files are
         kernels = _checked(tmp)        # loaded under its own name: the file keeps its mapping
-        os.chmod(tmp, 0o755)
         os.replace(tmp, path)
         kernels.path = path
         return kernels
@@ -232,7 +292,7 @@ def cpu_kernels() -> Optional[CpuKernels]:
     except Exception as exc:
         _FAILED[key] = f"{type(exc).__name__}: {exc}"
         log.warning("cannot build the TV-L1 CPU kernels (%s); running the solver uncompiled "
-                    "(~4x slower)", _FAILED[key])
+                    "(~5x slower)", _FAILED[key])
         return None
     _LOADED[key] = kernels
     return kernels
