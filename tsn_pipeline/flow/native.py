@@ -18,7 +18,7 @@ built or checked (no C compiler) ``cpu_kernels`` returns None, with a warning, a
 runs uncompiled.
 
 Measured on an AMD EPYC core (AVX2; bench/flow.py, docs/FLOW.md): a batch of 8 pairs at
-340x256 in 1.17 s against 5.14 s with the same functions compiled by TorchInductor (whose
+340x256 in 1.13 s against 3.85 s with the same functions compiled by TorchInductor (whose
 loops load every shifted difference under a mask); the solver 7.5x OpenCV's CPU TV-L1 with
 the same parameters.
 """
