@@ -431,7 +431,7 @@ def main():
                     help="C: frame pairs per video (one video per clip; quick: 8)")
     ap.add_argument("--cold-compile", action="store_true",
                     help="C: also time a run with an empty kernel cache (the C kernels "
-                         "are built: under a second)")
+                         "are built and checked: ~2 s)")
     args = ap.parse_args()
     if args.quick:
         args.cli_pairs = min(args.cli_pairs, 8)

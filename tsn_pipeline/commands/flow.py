@@ -46,7 +46,7 @@ def _device(ctx, param, value):
               help="Frame pairs per torch batch, across videos [default: 128 on CUDA, 8 on CPU].")
 @click.option("--compile/--no-compile", default=True, show_default=True,
               help="Compiled TV-L1 loop: on CPU C kernels built with the system's C compiler "
-                   "(once per machine, under a second; kept in ~/.cache/tsn-pipeline), on "
+                   "(once per machine, ~2 s; kept in ~/.cache/tsn-pipeline), on "
                    "CUDA torch.compile.")
 @click.option("--tau", type=float, default=None, help="TV-L1 time step [0.25].")
 @click.option("--lambda", "lambda_", type=float, default=None, help="TV-L1 data weight [0.15].")

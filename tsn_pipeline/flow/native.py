@@ -6,7 +6,8 @@ arguments, else cc, gcc or clang) for this machine's CPU (``-O3 -march=native``,
 multiply-adds). The warp terms and the update of u equal the eager functions' to the bit; the
 dual variables differ in the last bits (a few units at most) where torch's CPU square root is
 not correctly rounded, and the stopping test's sum is added up in another order (which can
-move a test by an iteration). The build takes well under a second; the library is kept in
+move a test by an iteration). The compile takes well under a second, the first build ~2 s
+with its check in a child process (which imports torch); the library is kept in
 ``compile_cache_dir()/native/tvl1-<key>.so``, where the key covers the source, the compiler,
 its flags, the C library and the CPU's instruction-set flags (a cluster's nodes of different
 CPUs each get their own). Every process (the flow workers, array tasks) loads it through

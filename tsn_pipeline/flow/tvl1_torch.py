@@ -38,7 +38,7 @@ Where OpenCV's CPU and CUDA implementations differ, ``TVL1Params`` exposes the c
 The per-iteration update is one pure function, ``tvl1_step``, and the warp's constants another,
 ``warp_terms``; ``compile=True`` runs compiled forms of both: on CUDA ``torch.compile`` (Triton
 kernels), on CPU the same two functions written in C (``flow.native``: built once per machine
-in under a second, loaded by a new process in milliseconds). That is what makes it fast. The
+in ~2 s, loaded by a new process in milliseconds). That is what makes it fast. The
 results equal eager mode's up to float rounding.
 """
 from __future__ import annotations
