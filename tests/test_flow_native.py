@@ -83,6 +83,31 @@ def test_step_computes_what_the_torch_step_computes(kernels, shape):
     np.testing.assert_allclose(out[6].numpy(), ref[6].double().numpy(), rtol=1e-5)
 
 
+@pytest.mark.skipif(__import__("platform").machine() != "x86_64",
+                    reason="compares this CPU's vector width with the x86-64 baseline (SSE2)")
+def test_same_bits_whatever_the_vector_width(kernels, fresh_cache, monkeypatch):
+    """Built for this CPU (-march=native: AVX2 or AVX-512 here) and for the x86-64 baseline
+    (SSE2, 4 lanes): the same bits, the stopping test's sums included, so nodes of different
+    CPUs store the same flow."""
+    import torch
+
+    monkeypatch.setattr(native, "FLAGS", tuple("-march=x86-64" if f == "-march=native" else f
+                                               for f in native.FLAGS))
+    baseline = native.cpu_kernels()
+    assert baseline is not None and baseline.path != kernels.path
+    g = torch.Generator().manual_seed(11)
+    args = [torch.randn(2, 9, 53, generator=g) for _ in range(10)]
+    args[8] = args[8].abs()
+    consts = T.step_constants(TVL1Params())
+    for a, b in zip(kernels.step(*args, *consts), baseline.step(*args, *consts)):
+        assert torch.equal(a, b)
+    stack, u = torch.rand(2, 3, 9, 53, generator=g) * 255, args[0] * 3
+    for interp in ("cuda", "cpu"):
+        for a, b in zip(kernels.terms(stack, args[1], u, -u, interp),
+                        baseline.terms(stack, args[1], u, -u, interp)):
+            assert torch.equal(a, b)
+
+
 def test_empty_and_mismatched_arrays(kernels):
     import torch
 
