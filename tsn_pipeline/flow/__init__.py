@@ -31,7 +31,7 @@ def resolve_backend(backend: str = "auto", device: Optional[str] = None,
     """(backend, device) to run. ``auto``: opencv-cuda when cv2 has a CUDA device, else torch
     on CUDA when torch sees one, else on CPU torch when it can compile its loop (a C
     compiler is present and ``compile``) and OpenCV CPU otherwise: bench/flow.py measured the
-    compiled loop (``flow.native``) 7.5x OpenCV CPU per core with the same parameters (AMD EPYC)
+    compiled loop (``flow.native``) 7.5-8.1x OpenCV CPU per core with the same parameters (AMD EPYC)
     and the eager one 0.8-1.3x.
     Raises ``opencv.BackendUnavailable`` when an explicit request cannot run."""
     from .opencv import BackendUnavailable, opencv_cuda_available, require_opencv_cuda

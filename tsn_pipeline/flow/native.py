@@ -6,7 +6,7 @@ arguments, else cc, gcc or clang) for this machine's CPU (``-O3 -march=native``,
 multiply-adds). The warp terms and the update of u equal the eager functions' to the bit; the
 dual variables differ in the last bits (a few units at most) where torch's CPU square root is
 not correctly rounded, and the stopping test's sum is added up in another order (which can
-move a test by an iteration). The compile takes well under a second, the first build ~2 s
+move a test by an iteration), the same on every CPU whatever its vector width. The compile takes well under a second, the first build ~2 s
 with its check in a child process (which imports torch); the library is kept in
 ``compile_cache_dir()/native/tvl1-<key>.so``, where the key covers the source, the compiler,
 its flags, the C library and the CPU's instruction-set flags (a cluster's nodes of different
@@ -19,9 +19,9 @@ built or checked (no C compiler) ``cpu_kernels`` returns None, with a warning, a
 runs uncompiled.
 
 Measured on an AMD EPYC core (AVX2; bench/flow.py, docs/FLOW.md): a batch of 8 pairs at
-340x256 in 1.13 s against 3.85 s with the same functions compiled by TorchInductor (whose
-loops load every shifted difference under a mask); the solver 7.5x OpenCV's CPU TV-L1 with
-the same parameters.
+340x256 in 1.1-1.4 s against 3.7-4.0 s with the same functions compiled by TorchInductor
+(whose loops load every shifted difference under a mask); the solver 7.5-8.1x OpenCV's CPU
+TV-L1 with the same parameters.
 """
 from __future__ import annotations
 
