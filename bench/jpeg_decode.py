@@ -1,8 +1,8 @@
 """Benchmark: JPEG frames to a uint8 batch on the training device, decoded on the CPU (what the
 DataLoader workers do now) or by torchvision's ``decode_jpeg`` on the device (nvJPEG on CUDA).
 
-The same payloads both ways: frames of the tests/data clips at 340x256 encoded at JPEG quality
-95 (as `tsn decode` stores them), in batches of ``--batch`` frames:
+The same payloads both ways: frames of the tests/data clips of bench/flow.py at 340x256
+encoded at JPEG quality 95 (as `tsn decode` stores them), in batches of ``--batch`` frames:
 - cpu: ``store.decode_images`` (OpenCV, the shard reader's own call) in this process, one
   thread, then the batch copied to the device; frames/s per CPU core (a DataLoader spreads this
   over its worker processes);
@@ -30,19 +30,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.common import report  # noqa: E402
 
-CLIPS = ["v_SoccerJuggling_g23_c01.avi", "SchoolRulesHowTheyHelpUs_wave_f_nm_np1_ba_med_0.avi",
-         "RATRACE_wave_f_nm_np1_fr_goo_37.avi", "bikes.mp4"]
-
-
 def payloads(frames_per_clip: int) -> list:
+    """JPEG q95 payloads of ``bench/flow.py``'s clips at 340x256 (its ``load_videos``)."""
+    from bench.flow import load_videos
     from tsn_pipeline import store
-    from tsn_pipeline.videoio import read_video
 
-    out = []
-    for name in CLIPS:
-        rgb = read_video(REPO / "tests" / "data" / name, size=(340, 256))[:frames_per_clip]
-        out += [store.encode_image(x, "jpeg", 95) for x in rgb]
-    return out
+    videos, _ = load_videos(frames_per_clip)
+    return [store.encode_image(x, "jpeg", 95) for frames in videos.values() for x in frames]
 
 
 def timed(fn, sync, reps: int) -> float:

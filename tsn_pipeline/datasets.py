@@ -433,11 +433,12 @@ def read_list_ids(path, split: Optional[str] = None) -> List[str]:
     rows = _headerless_csv(path) if path.suffix.lower() == ".csv" else None
     if path.suffix.lower() == ".csv" and rows is None:
         videos = from_csv(path)
-        if split is not None and not videos.select(split).items:
+        chosen = videos.select(split).items
+        if split is not None and not chosen:
             present = sorted({it.split for it in videos.items if it.split})
             raise DatasetError(f"{path}: no video of split {split!r} (splits in the list: "
                                f"{', '.join(present) or 'none'})")
-        return sorted(it.video_id for it in videos.select(split).items)
+        return sorted(it.video_id for it in chosen)
     if split is not None:
         raise DatasetError(f"{path}: this list has no split column, so --split cannot select")
     ids = []

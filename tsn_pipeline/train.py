@@ -580,8 +580,11 @@ def _with_wall_clock(history: List[Dict[str, Any]], out: Path) -> List[Dict[str,
         timed = {(r["epoch"], r["step"]): r for r in rows}
     except (OSError, ValueError, KeyError, TypeError):
         return history
-    return [{**row, **{k: timed[key][k] for k in WALL_CLOCK if k in timed.get(key, {})}}
-            for row, key in ((row, (row.get("epoch"), row.get("step"))) for row in history)]
+    out_rows = []
+    for row in history:
+        kept = timed.get((row.get("epoch"), row.get("step")), {})
+        out_rows.append({**row, **{k: kept[k] for k in WALL_CLOCK if k in kept}})
+    return out_rows
 
 
 def _write_history(history: List[Dict[str, Any]], out: Path) -> None:

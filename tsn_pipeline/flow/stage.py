@@ -25,8 +25,8 @@ import functools
 import logging
 import os
 from collections import OrderedDict
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np

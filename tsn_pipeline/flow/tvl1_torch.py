@@ -302,21 +302,20 @@ def tvl1_step(u1, u2, p11, p12, p21, p22, I1wx, I1wy, grad, rho_c,
 UNROLL = 8
 
 
-def tvl1_steps(u1, u2, p11, p12, p21, p22, I1wx, I1wy, grad, rho_c,
-               l_t: float, theta: float, taut: float):
-    """``UNROLL`` iterations of ``tvl1_step`` in one call (same arithmetic, in order)."""
-    state = (u1, u2, p11, p12, p21, p22)
-    for _ in range(UNROLL):
-        *state, err = tvl1_step(*state, I1wx, I1wy, grad, rho_c, l_t, theta, taut)
-    return (*state, err)
-
-
 def _steps_with(step, *args):
-    """``tvl1_steps`` with another ``step`` function (the CPU's C one)."""
+    """``UNROLL`` iterations of ``step`` (``tvl1_step`` or the CPU's C one) in one call, with
+    ``tvl1_step``'s arguments: the same arithmetic, in order."""
     state, rest = args[:6], args[6:]
     for _ in range(UNROLL):
         *state, err = step(*state, *rest)
     return (*state, err)
+
+
+def tvl1_steps(u1, u2, p11, p12, p21, p22, I1wx, I1wy, grad, rho_c,
+               l_t: float, theta: float, taut: float):
+    """``UNROLL`` iterations of ``tvl1_step`` in one call (compiled as one graph on CUDA)."""
+    return _steps_with(tvl1_step, u1, u2, p11, p12, p21, p22, I1wx, I1wy, grad, rho_c,
+                       l_t, theta, taut)
 
 
 def warp_terms(stack, i0, u1, u2, interp: str):
